@@ -1,0 +1,309 @@
+"""Typed settings: a YAML file plus `IOTBRIDGE_*` environment variables, env winning.
+
+Loaded once at start-up into frozen Structs and passed down; there is no global settings object.
+Every field can be set from the environment as `IOTBRIDGE_<SECTION>_<FIELD>` (for example
+`IOTBRIDGE_PAGER_MAX_NUMBER=500`), plus the documented short names in `_ALIASES`. Secrets can also
+come from files (`*_FILE`, e.g. a Kubernetes Secret mount) and are redacted in every printout.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+import yaml
+
+from bridge.errors import ConfigError
+
+REDACTED = "***"
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Policy base of every settings section: immutable, named fields, typos refused."""
+
+
+class MqttSettings(Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    protocol: Literal["5", "3.1.1"] = "5"
+    # Empty means derived from the host name, stable across restarts (see `client_id_or_default`).
+    client_id: str = ""
+    session_expiry: Annotated[int, msgspec.Meta(ge=0)] = 86400
+    keepalive: Annotated[int, msgspec.Meta(ge=5, le=65535)] = 30
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    # Shared subscription group: with it, several replicas split the command load.
+    shared_group: str = ""
+    reconnect_min: PositiveFloat = 0.5
+    reconnect_max: PositiveFloat = 30.0
+    # Seconds to wait for the broker's PUBACK/SUBACK before treating the link as broken.
+    op_timeout: PositiveFloat = 10.0
+
+
+class PagerSettings(Section):
+    url: str = "coap://127.0.0.1:5683"
+    # Seconds to wait for one CoAP exchange before answering `upstream_timeout`.
+    timeout: PositiveFloat = 10.0
+    max_number: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 999
+    page_modes: list[str] = msgspec.field(
+        default_factory=lambda: ["Flash30Sec", "Vibe1", "Flash5Sec", "Beep", "Vibe3"]
+    )
+    max_label: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    max_message: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 160
+    observe: bool = True
+    poll_interval: PositiveFloat = 5.0
+    # CoAP message IDs are 16-bit and must not be reused within EXCHANGE_LIFETIME (247 s);
+    # after this many requests the client moves to a fresh UDP endpoint (see bridge/coap.py).
+    rotate_after: Annotated[int, msgspec.Meta(ge=16, le=60000)] = 30000
+    # Pager numbers this site uses (for Home Assistant discovery); any valid number works.
+    numbers: list[int] = msgspec.field(default_factory=list)
+
+
+class ScheduleParent(Section):
+    """Where a schedule lives in Sensaphone's resource tree."""
+
+    kind: Literal["default_schedule", "device_schedule", "contact_schedule"] = "default_schedule"
+    device_id: int | None = None
+    user_id: int | None = None
+    contact_id: int | None = None
+
+
+class SensaphoneSettings(Section):
+    url: str = "https://rest.sensaphone.net/api/v1"
+    user: str = ""
+    password: str | None = None
+    password_file: str | None = None
+    mode: Literal["json", "uri"] = "json"
+    # CA bundle for the API's certificate; SSL_CERT_FILE is honoured as well.
+    ca_file: str | None = None
+    timeout: PositiveFloat = 10.0
+    # Total time a command may spend on retries before it is answered with an error.
+    deadline: PositiveFloat = 30.0
+    # Schedule id (as text) -> its parent.
+    schedules: dict[str, ScheduleParent] = msgspec.field(default_factory=dict)
+    # Renew the session this many seconds before Sensaphone says it expires.
+    renew_margin: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+
+
+class HttpSettings(Section):
+    # Metrics and probes. Loopback by default; `0.0.0.0:9464` in a container.
+    addr: str = "127.0.0.1:9464"
+
+
+class LimitSettings(Section):
+    max_payload: Annotated[int, msgspec.Meta(ge=64, le=1_048_576)] = 16384
+    # Commands being worked on at once; past it the bridge stops reading (back-pressure).
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
+
+
+class LogSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(Section):
+    topic_prefix: str = ""
+    mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
+    pager: PagerSettings = msgspec.field(default_factory=PagerSettings)
+    sensaphone: SensaphoneSettings = msgspec.field(default_factory=SensaphoneSettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+
+
+_SECTIONS = ("mqtt", "pager", "sensaphone", "http", "limits", "log")
+# The documented short names (PRODUCT.md), mapped to their place in the settings.
+_ALIASES = {
+    "IOTBRIDGE_TOPIC_PREFIX": ("topic_prefix",),
+    "IOTBRIDGE_HTTP_ADDR": ("http", "addr"),
+}
+_SECRET_FIELDS = {"password"}
+_LIST_FIELDS = {("pager", "page_modes"), ("pager", "numbers")}
+_MAPPING_FIELDS = {("sensaphone", "schedules")}
+
+
+def load(environ: dict[str, str] | None = None) -> Settings:
+    """Read the YAML file named by IOTBRIDGE_CONFIG (if any), overlay the environment, validate.
+
+    Raises ConfigError with one line naming the field and what is wrong.
+    """
+    env = dict(os.environ if environ is None else environ)
+    raw: dict[str, Any] = {}
+    path = env.get("IOTBRIDGE_CONFIG")
+    if path:
+        raw = _read_yaml(Path(path))
+    _overlay_env(raw, env)
+    _read_secret_files(raw)
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"configuration: {_describe(exc)}") from None
+    _check(settings)
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"configuration: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration: {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration: {path} must hold a mapping at the top level")
+    return data
+
+
+def _overlay_env(raw: dict[str, Any], env: dict[str, str]) -> None:
+    for name, value in env.items():
+        if not name.startswith("IOTBRIDGE_") or name == "IOTBRIDGE_CONFIG":
+            continue
+        place = _ALIASES.get(name) or _place_of(name)
+        if place is None:
+            continue
+        target = raw
+        for key in place[:-1]:
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"configuration: {key} must be a mapping")
+        target[place[-1]] = _env_value(place, value)
+
+
+def _place_of(name: str) -> tuple[str, ...] | None:
+    rest = name.removeprefix("IOTBRIDGE_").lower()
+    for section in _SECTIONS:
+        if rest.startswith(section + "_"):
+            return (section, rest[len(section) + 1 :])
+    return None
+
+
+def _env_value(place: tuple[str, ...], value: str) -> Any:
+    if place in _LIST_FIELDS:
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if place in _MAPPING_FIELDS:
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"configuration: {'.'.join(place)}: not valid YAML/JSON") from None
+    return value
+
+
+def _read_secret_files(raw: dict[str, Any]) -> None:
+    for section in ("mqtt", "sensaphone"):
+        part = raw.get(section)
+        if not isinstance(part, dict):
+            continue
+        secret_file = part.get("password_file")
+        if secret_file and not part.get("password"):
+            try:
+                part["password"] = Path(secret_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                msg = f"configuration: {section}.password_file: cannot read it ({exc.strerror})"
+                raise ConfigError(msg) from None
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    # msgspec says e.g. "Expected `int`, got `str` - at `$.pager.max_number`".
+    text = str(exc)
+    what, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return text
+    field = where.rstrip("`").removeprefix("$").removeprefix(".") or "(top level)"
+    return f"{field}: {what}"
+
+
+def _check(settings: Settings) -> None:
+    for url, field, schemes in (
+        (settings.mqtt.url, "mqtt.url", ("mqtt", "mqtts")),
+        (settings.pager.url, "pager.url", ("coap",)),
+        (settings.sensaphone.url, "sensaphone.url", ("http", "https")),
+    ):
+        parts = urlsplit(url)
+        if parts.scheme not in schemes or not parts.hostname:
+            want = " or ".join(f"{s}://host" for s in schemes)
+            raise ConfigError(f"configuration: {field}: expected {want}, got {_redact_url(url)!r}")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ConfigError(f"configuration: {field}: bad port in {_redact_url(url)!r}") from None
+    _, sep, port = settings.http.addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"configuration: http.addr: expected host:port, got {settings.http.addr!r}"
+        )
+    if settings.mqtt.reconnect_min > settings.mqtt.reconnect_max:
+        raise ConfigError("configuration: mqtt.reconnect_min: must not exceed mqtt.reconnect_max")
+    if any(c in settings.topic_prefix for c in "#+\0") or settings.topic_prefix.startswith("$"):
+        raise ConfigError("configuration: topic_prefix: must not contain + # NUL or start with $")
+    for key in settings.sensaphone.schedules:
+        if not key.isdigit():
+            raise ConfigError(f"configuration: sensaphone.schedules.{key}: ids are numbers")
+
+
+class BrokerAddress(msgspec.Struct, frozen=True, kw_only=True):
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+
+def broker_address(mqtt: MqttSettings) -> BrokerAddress:
+    """Host, port, TLS and credentials, from the URL with the explicit fields winning."""
+    parts = urlsplit(mqtt.url)
+    tls = parts.scheme == "mqtts"
+    username = mqtt.username or (unquote(parts.username) if parts.username else None)
+    password = mqtt.password or (unquote(parts.password) if parts.password else None)
+    return BrokerAddress(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or (8883 if tls else 1883),
+        tls=tls,
+        username=username,
+        password=password,
+    )
+
+
+def client_id_or_default(mqtt: MqttSettings) -> str:
+    """A stable id, so the broker keeps our persistent session across restarts."""
+    return mqtt.client_id or f"iotbridge-{socket.gethostname()}"
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", f":{REDACTED}@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, with every secret replaced by ***."""
+    data: dict[str, Any] = msgspec.to_builtins(settings)
+    for section in data.values():
+        if not isinstance(section, dict):
+            continue
+        for key in list(section):
+            if key in _SECRET_FIELDS and section[key]:
+                section[key] = REDACTED
+            if key == "url" and isinstance(section[key], str):
+                section[key] = _redact_url(section[key])
+    return data
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret value in the settings, for log scrubbing and tests."""
+    values = [settings.mqtt.password, settings.sensaphone.password]
+    values.append(broker_address(settings.mqtt).password)
+    return [v for v in values if v]

@@ -1,0 +1,163 @@
+"""Dispatch: order, concurrency, results and acknowledgement for every inbound command.
+
+- Commands with the same key (one pager, the base station, one schedule) run one after another in
+  the order received; different keys run concurrently.
+- At most `max_in_flight` commands are being worked on. `submit()` does not return while the
+  bridge is full, so the MQTT reader stops reading (back-pressure) and nothing is dropped.
+- Every command gets exactly one result on `<command topic>/result` (and on an MQTT v5 Response
+  Topic with its Correlation Data). The command is acknowledged to the broker only after the
+  result was published and acknowledged; if that fails the broker redelivers the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from bridge import models
+from bridge.errors import BridgeError
+from bridge.metrics import Metrics
+from bridge.mqtt import Inbound
+from bridge.routing import Request, Router, transaction_of
+from bridge.topics import BaseTopic, PagerTopic, ScheduleTopic, is_publishable
+
+log = logging.getLogger(__name__)
+
+Execute = Callable[[Request], Awaitable[Any]]
+
+
+class Link(Protocol):
+    """What dispatch needs of the MQTT side (bridge.mqtt.MqttLink)."""
+
+    def ack(self, inbound: Inbound) -> None: ...
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        correlation: bytes | None = None,
+        deadline: float = 30.0,
+    ) -> None: ...
+
+
+_ROUTES = {PagerTopic: "pager", BaseTopic: "pager_base", ScheduleTopic: "schedule"}
+
+
+class Dispatcher:
+    """Runs commands through `execute` in per-key lanes, answers and acknowledges them."""
+
+    def __init__(
+        self, router: Router, link: Link, execute: Execute, metrics: Metrics, max_in_flight: int
+    ) -> None:
+        self._router = router
+        self._link = link
+        self._execute = execute
+        self._metrics = metrics
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._lanes: dict[tuple[str, int], deque[tuple[Inbound, Request]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._count = 0
+
+    async def submit(self, inbound: Inbound) -> None:
+        """Take one message; waits while `max_in_flight` commands are already in progress."""
+        await self._slots.acquire()
+        self._count += 1
+        self._idle.clear()
+        self._metrics.in_flight.inc()
+        try:
+            request = self._router.route(inbound.topic, inbound.payload)
+        except BridgeError as exc:
+            self._spawn(self._answer_invalid(inbound, exc))
+            return
+        lane = self._lanes.get(request.key)
+        if lane is not None:
+            lane.append((inbound, request))
+            return
+        self._lanes[request.key] = deque([(inbound, request)])
+        self._spawn(self._run_lane(request.key))
+
+    async def drain(self, within: float) -> bool:
+        """Wait until no command is in progress; False if `within` seconds ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), within)
+        except TimeoutError:
+            return False
+        return True
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_lane(self, key: tuple[str, int]) -> None:
+        lane = self._lanes[key]
+        try:
+            while lane:
+                inbound, request = lane[0]
+                await self._process(inbound, request)
+                lane.popleft()
+        finally:
+            del self._lanes[key]
+
+    async def _process(self, inbound: Inbound, request: Request) -> None:
+        command = request.command
+        try:
+            data = await self._execute(request)
+            result = models.Result(status="ok", transaction=command.transaction, data=data)
+        except BridgeError as exc:
+            result = _error_result(exc, command.transaction)
+        except Exception as exc:
+            log.exception("command on %s failed unexpectedly", inbound.topic)
+            result = _error_result(BridgeError(f"internal error: {exc}"), command.transaction)
+        action = str(command.__struct_config__.tag)
+        await self._finish(inbound, result, _ROUTES[type(request.target)], action)
+
+    async def _answer_invalid(self, inbound: Inbound, exc: BridgeError) -> None:
+        result = _error_result(exc, transaction_of(inbound.payload))
+        await self._finish(inbound, result, "invalid", "none")
+
+    async def _finish(
+        self, inbound: Inbound, result: models.Result, route: str, action: str
+    ) -> None:
+        outcome = result.error.code if result.error else "ok"
+        try:
+            payload = models.ENCODER.encode(result)
+            await self._reply(inbound, payload)
+            self._link.ack(inbound)
+        except BridgeError as exc:
+            # Not acknowledged: the broker will deliver the command again.
+            log.warning("result for %s not published (%s); left for redelivery", inbound.topic, exc)
+            outcome = "unanswered"
+        finally:
+            self._metrics.commands.labels(route, action, outcome).inc()
+            seconds = time.perf_counter() - inbound.received
+            self._metrics.command_seconds.labels(route).observe(seconds)
+            self._metrics.in_flight.dec()
+            self._slots.release()
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()
+
+    async def _reply(self, inbound: Inbound, payload: bytes) -> None:
+        topic = f"{inbound.topic}/result"
+        sends = []
+        if is_publishable(topic):
+            sends.append(self._link.publish(topic, payload))
+        response = inbound.response_topic
+        if response and is_publishable(response) and not self._router.topics.in_namespace(response):
+            sends.append(self._link.publish(response, payload, correlation=inbound.correlation))
+        if sends:
+            await asyncio.gather(*sends)
+
+
+def _error_result(exc: BridgeError, transaction: str | int | None) -> models.Result:
+    error = models.ErrorInfo(code=exc.code, message=exc.message, detail=exc.detail)
+    return models.Result(status="error", transaction=transaction, error=error)

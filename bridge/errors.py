@@ -1,0 +1,73 @@
+"""The bridge's one error tree. Each class carries the `error.code` its result publishes.
+
+    BridgeError                     code
+    ├── InvalidTopic                invalid_topic
+    ├── InvalidPayload              invalid_payload
+    ├── UnknownAction               unknown_action
+    ├── Expired                     expired
+    ├── Overloaded                  overloaded
+    ├── ConfigError                 (never published: the process exits with its message)
+    └── UpstreamError               upstream_error    the upstream answered with an error
+        ├── UpstreamTimeout         upstream_timeout  no answer in time
+        ├── UpstreamUnavailable     upstream_unavailable  unreachable, or the circuit is open
+        └── AuthFailed              auth_failed       the upstream refused our credentials
+
+Lower-layer errors (aiocoap, httpx, paho) are mapped to these at the one module that owns each
+protocol, with `raise ... from exc`, so nothing above the seams knows those libraries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge reports. `message` is safe to publish: no secrets."""
+
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        # Extra, JSON-serialisable facts for the result (e.g. the device's code and body).
+        self.detail = detail
+
+
+class InvalidTopic(BridgeError):
+    code = "invalid_topic"
+
+
+class InvalidPayload(BridgeError):
+    code = "invalid_payload"
+
+
+class UnknownAction(BridgeError):
+    code = "unknown_action"
+
+
+class Expired(BridgeError):
+    code = "expired"
+
+
+class Overloaded(BridgeError):
+    code = "overloaded"
+
+
+class ConfigError(BridgeError):
+    code = "config_error"
+
+
+class UpstreamError(BridgeError):
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class AuthFailed(UpstreamError):
+    code = "auth_failed"

@@ -1,0 +1,145 @@
+"""Prometheus metrics. One registry per bridge instance (tests run several in one process).
+
+Label values come from small fixed sets only: routes, actions, outcomes (result codes),
+upstream names. Never a pager number, topic, schedule id or user.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+# 1 ms to 60 s: CoAP's retransmissions can run ~45 s before a request is given up.
+LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    45.0,
+    60.0,
+)
+
+PAGER_STATISTICS: Final = {
+    "guestsServed": "guests_served",
+    "percentLate": "percent_late",
+    "percentOnTime": "percent_on_time",
+    "averageTimeServed": "average_time_served_seconds",
+    "numSessions": "sessions",
+}
+
+
+class Metrics:
+    """Every metric the bridge exports. Attribute names mirror the metric names."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.info = Info("iotbridge", "Build information", registry=r)
+        self.commands = Counter(
+            "iotbridge_commands",
+            "Commands handled, by route, action and outcome (ok or the result's error code)",
+            ["route", "action", "outcome"],
+            registry=r,
+        )
+        self.command_seconds = Histogram(
+            "iotbridge_command_duration_seconds",
+            "End-to-end command latency: MQTT receipt to result published",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "iotbridge_upstream_request_duration_seconds",
+            "Latency of requests to the upstreams, by operation and outcome",
+            ["upstream", "operation", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "iotbridge_mqtt_connected", "1 while the MQTT session is up", registry=r
+        )
+        self.mqtt_reconnects = Counter(
+            "iotbridge_mqtt_reconnects", "MQTT connection attempts after the first", registry=r
+        )
+        self.mqtt_connect_failures = Counter(
+            "iotbridge_mqtt_connect_failures",
+            "Failed MQTT connection attempts, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.outbound_dropped = Counter(
+            "iotbridge_outbound_dropped",
+            "Outbound messages that could not be published (buffer full or link down too long)",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "iotbridge_commands_in_flight", "Commands received and not yet answered", registry=r
+        )
+        self.pager_statistics = {
+            field: Gauge(f"iotbridge_pager_{name}", f"Transmitter statistic {field}", registry=r)
+            for field, name in PAGER_STATISTICS.items()
+        }
+        self.pager_notifications = Counter(
+            "iotbridge_pager_notifications",
+            "Observe notifications from the transmitter, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.pager_watch_mode = Gauge(
+            "iotbridge_pager_watch_mode",
+            "How changes are followed: 1 for the active mode (observe or poll)",
+            ["mode"],
+            registry=r,
+        )
+        self.pager_events = Counter(
+            "iotbridge_pager_events", "Session events published, by event", ["event"], registry=r
+        )
+        self.sensaphone_logins = Counter(
+            "iotbridge_sensaphone_logins",
+            "Sensaphone logins, by kind (initial, renew, expired) and outcome",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "iotbridge_upstream_retries",
+            "Retried upstream requests, by upstream, operation and reason",
+            ["upstream", "operation", "reason"],
+            registry=r,
+        )
+
+    def set_pager_statistics(self, values: dict[str, float | None]) -> None:
+        for field, value in values.items():
+            gauge = self.pager_statistics.get(field)
+            if gauge is not None and value is not None:
+                gauge.set(value)
+
+    def sensaphone_observer(self) -> SensaphoneMetrics:
+        return SensaphoneMetrics(self)
+
+
+class SensaphoneMetrics:
+    """Receives the Sensaphone client's reports (bridge.sensaphone.SensaphoneObserver)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def request_done(self, operation: str, outcome: str, seconds: float) -> None:
+        self._m.upstream_seconds.labels("sensaphone", operation, outcome).observe(seconds)
+
+    def login(self, kind: str, ok: bool) -> None:
+        self._m.sensaphone_logins.labels(kind, "ok" if ok else "failed").inc()
+
+    def retry(self, operation: str, reason: str) -> None:
+        self._m.upstream_retries.labels("sensaphone", operation, reason).inc()

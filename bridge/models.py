@@ -1,0 +1,247 @@
+"""The MQTT side of the contract: every payload the bridge reads or writes, as msgspec Structs.
+
+Inbound commands are tagged unions on `action`, dispatched with `match`. Static limits (types,
+ranges, lengths) live here as constraints; limits that depend on configuration (the highest pager
+number, the pageMode allow-list, label length) are checked in `bridge.routing`.
+`iotbridge schema` generates `schemas/*.json` from these types.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from bridge import t7470
+from bridge.interval import Interval
+
+
+class Command(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="action"
+):
+    """Policy base of inbound commands.
+
+    `transaction` is echoed in the result (for MQTT 3.1.1 clients, which have no Correlation Data);
+    `sent_at` (Unix seconds) lets the bridge refuse a command that arrives too late.
+    """
+
+    transaction: str | int | None = None
+    sent_at: float | None = None
+
+
+Goal = Annotated[int, msgspec.Meta(ge=0, le=86_400, description="target goal in seconds")]
+PartySize = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+Label = Annotated[str, msgspec.Meta(max_length=1024)]
+PageMode = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+SystemId = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+
+# -- pager/<number>/action -----------------------------------------------------------------
+
+
+class Start(Command, tag="start"):
+    """Create a session (POST /v1/sessions); `page: true` pages it at once."""
+
+    goal: Goal | None = None
+    label: Label | None = None
+    partySize: PartySize | None = None  # noqa: N815 - the device's field names
+    page: bool = False
+
+
+class Page(Command, tag="page"):
+    pageMode: PageMode | None = None  # noqa: N815
+
+
+class Clear(Command, tag="clear"):
+    pass
+
+
+class Remove(Command, tag="remove"):
+    pass
+
+
+class Update(Command, tag="update"):
+    """Change a session's goal, label or party size (PUT without `action`)."""
+
+    goal: Goal | None = None
+    label: Label | None = None
+    partySize: PartySize | None = None  # noqa: N815
+
+
+class Delete(Command, tag="delete"):
+    pass
+
+
+class Alert(Command, tag="alert"):
+    """Page without a session (POST /v1/page)."""
+
+    pageMode: PageMode | None = None  # noqa: N815
+    message: Text | None = None
+    systemId: SystemId | None = None  # noqa: N815
+
+
+class Get(Command, tag="get"):
+    pass
+
+
+PagerCommand = Start | Page | Clear | Remove | Update | Delete | Alert | Get
+PAGER_ACTIONS = ("start", "page", "clear", "remove", "update", "delete", "alert", "get")
+
+# -- pager/base/action ---------------------------------------------------------------------
+
+
+class ListSessions(Command, tag="list"):
+    pass
+
+
+class ClearAll(Command, tag="clear_all"):
+    pass
+
+
+class History(Command, tag="history"):
+    pass
+
+
+class ClearHistory(Command, tag="clear_history"):
+    pass
+
+
+class GetStatistics(Command, tag="statistics"):
+    pass
+
+
+class ClearStatistics(Command, tag="clear_statistics"):
+    pass
+
+
+class GetSettings(Command, tag="get_settings"):
+    pass
+
+
+class SettingsChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    datetime: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    systemId: SystemId | None = None  # noqa: N815
+    defaultTargetGoal: Goal | None = None  # noqa: N815
+    statisticsClearMark: Annotated[str, msgspec.Meta(max_length=64)] | None = None  # noqa: N815
+
+
+class SetSettings(Command, tag="set_settings", kw_only=True):
+    settings: SettingsChange
+
+
+BaseCommand = (
+    ListSessions
+    | ClearAll
+    | History
+    | ClearHistory
+    | GetStatistics
+    | ClearStatistics
+    | GetSettings
+    | SetSettings
+)
+BASE_ACTIONS = (
+    "list",
+    "clear_all",
+    "history",
+    "clear_history",
+    "statistics",
+    "clear_statistics",
+    "get_settings",
+    "set_settings",
+)
+
+# -- schedule/<schedule_id>/timerange -------------------------------------------------------
+
+RangeId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+ParentId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+TimeText = Annotated[str, msgspec.Meta(max_length=64)]
+IntervalField = Annotated[int, msgspec.Meta(ge=0, lt=2**15)] | Interval
+
+
+class ScheduleCommand(Command):
+    """Base of timerange commands: where the schedule lives may come with the command."""
+
+    device_id: ParentId | None = None
+    user_id: ParentId | None = None
+    contact_id: ParentId | None = None
+
+
+class ReadRanges(ScheduleCommand, tag="read"):
+    pass
+
+
+class CreateRange(ScheduleCommand, tag="create"):
+    start: TimeText | None = None
+    end: TimeText | None = None
+    interval: IntervalField | None = None
+
+
+class UpdateRange(ScheduleCommand, tag="update", kw_only=True):
+    range_id: RangeId
+    start: TimeText | None = None
+    end: TimeText | None = None
+    interval: IntervalField | None = None
+
+
+class DeleteRange(ScheduleCommand, tag="delete", kw_only=True):
+    range_id: RangeId
+
+
+TimerangeCommand = ReadRanges | CreateRange | UpdateRange | DeleteRange
+SCHEDULE_ACTIONS = ("read", "create", "update", "delete")
+
+# -- outbound ------------------------------------------------------------------------------
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    code: str
+    message: str
+    detail: Any = None
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Exactly one per command, on `<command topic>/result`."""
+
+    status: Literal["ok", "error"]
+    transaction: str | int | None = None
+    data: Any = None
+    error: ErrorInfo | None = None
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """On `pager/<number>/event`, for every change, whoever made it."""
+
+    event: Literal["started", "paged", "cleared", "removed", "updated"]
+    number: int
+    session: t7470.Session
+
+
+class BridgeState(msgspec.Struct, frozen=True):
+    state: Literal["online", "offline"]
+
+
+class TimeRangeOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    range_id: int | None = None
+    start: str | None = None
+    end: str | None = None
+    interval: int | None = None
+    interval_decoded: Interval | None = None
+
+
+class ScheduleRanges(msgspec.Struct, frozen=True, kw_only=True):
+    """Retained on `schedule/<schedule_id>/timeranges` after each change."""
+
+    schedule_id: int
+    timeranges: list[TimeRangeOut]
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    topic: str
+    payload: str
+    reason: str
+    error: ErrorInfo | None = None
+
+
+ENCODER = msgspec.json.Encoder()
+ONLINE = ENCODER.encode(BridgeState("online"))
+OFFLINE = ENCODER.encode(BridgeState("offline"))

@@ -1,0 +1,286 @@
+"""The pager feature: T7470 operations for MQTT commands, and changes made by anyone, republished.
+
+Commands become CoAP requests through `bridge.coap.Transmitter` (the only aiocoap user); replies
+and notifications go through one `SessionTracker`, which yields events, retained sessions and
+statistics. `watch()` follows changes made elsewhere: Observe on `/v1/notify?action=get_sessions`,
+re-registered when dropped, with a fallback to polling `GET /v1/sessions` with an ETag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from bridge import models, t7470
+from bridge.coap import CoapReply, Transmitter
+from bridge.config import PagerSettings
+from bridge.errors import BridgeError, InvalidPayload, UpstreamError
+from bridge.metrics import Metrics
+from bridge.sessions import Outbound, SessionTracker
+from bridge.topics import Topics
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[list[Outbound]], Awaitable[None]]
+SESSIONS = "/v1/sessions"
+HISTORY = "/v1/sessions/history"
+STATISTICS = "/v1/sessions/statistics"
+SETTINGS = "/v1/settings"
+# After this long on the polling fallback, Observe is tried again.
+OBSERVE_RETRY = 60.0
+
+
+class PagerService:
+    """Carries out pager commands on one transmitter and keeps MQTT in step with it."""
+
+    def __init__(
+        self,
+        transmitter: Transmitter,
+        publish: Publish,
+        topics: Topics,
+        metrics: Metrics,
+        settings: PagerSettings,
+    ) -> None:
+        self._tx = transmitter
+        self._publish = publish
+        self._metrics = metrics
+        self._settings = settings
+        self.tracker = SessionTracker(topics)
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def execute(self, number: int, command: models.Command) -> Any:
+        """Carry out a `pager/<number>/action` command; return the result's `data`."""
+        query = {"number": number}
+        match command:
+            case models.Start():
+                body = t7470.CreateSession(
+                    number=number,
+                    goal=command.goal,
+                    label=command.label,
+                    partySize=command.partySize,
+                    action="page" if command.page else None,
+                )
+                envelope = await self._call("start", "POST", SESSIONS, body=body)
+            case models.Page() | models.Clear() | models.Remove():
+                action = command.__struct_config__.tag
+                mode = command.pageMode if isinstance(command, models.Page) else None
+                body = t7470.UpdateSession(action=str(action), pageMode=mode)
+                envelope = await self._call(str(action), "PUT", SESSIONS, query, body=body)
+            case models.Update():
+                if command.goal is None and command.label is None and command.partySize is None:
+                    raise InvalidPayload("update needs at least one of goal, label, partySize")
+                body = t7470.UpdateSession(
+                    goal=command.goal, label=command.label, partySize=command.partySize
+                )
+                envelope = await self._call("update", "PUT", SESSIONS, query, body=body)
+            case models.Delete():
+                envelope = await self._call("delete", "DELETE", SESSIONS, query)
+            case models.Get():
+                envelope = await self._call("get", "GET", SESSIONS, query)
+                return _one_session(envelope)
+            case models.Alert():
+                body = t7470.StandalonePage(
+                    number=number,
+                    pageMode=command.pageMode,
+                    message=command.message,
+                    systemId=command.systemId,
+                )
+                await self._call("alert", "POST", "/v1/page", body=body)
+                return {"number": number, "paged": True}
+            case _:
+                raise InvalidPayload(f"not a pager command: {type(command).__name__}")
+        return _one_session(envelope)
+
+    async def execute_base(self, command: models.Command) -> Any:
+        """Carry out a `pager/base/action` command; return the result's `data`."""
+        match command:
+            case models.ListSessions():
+                envelope = await self._call("list", "GET", SESSIONS, complete=True)
+                return {"sessions": envelope.sessions or [], "statistics": envelope.statistics}
+            case models.ClearAll():
+                envelope = await self._call("clear_all", "DELETE", SESSIONS)
+                return {"cleared": envelope.sessions or []}
+            case models.History():
+                envelope = await self._call("history", "GET", HISTORY)
+                return {"history": envelope.session_history or []}
+            case models.ClearHistory():
+                await self._call("clear_history", "DELETE", HISTORY)
+                return {"cleared": True}
+            case models.GetStatistics():
+                return (await self._call("statistics", "GET", STATISTICS)).statistics
+            case models.ClearStatistics():
+                return (await self._call("clear_statistics", "DELETE", STATISTICS)).statistics
+            case models.GetSettings():
+                return (await self._call("get_settings", "GET", SETTINGS)).settings
+            case models.SetSettings():
+                body = t7470.Settings(**msgspec.structs.asdict(command.settings))
+                return (await self._call("set_settings", "POST", SETTINGS, body=body)).settings
+            case _:
+                raise InvalidPayload(f"not a base command: {type(command).__name__}")
+
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        query: dict[str, str | int] | None = None,
+        *,
+        body: t7470.Wire | None = None,
+        complete: bool = False,
+    ) -> t7470.Envelope:
+        reply = await self._request(operation, method, path, query, body)
+        envelope = _decode(reply)
+        await self._fold(envelope, complete=complete)
+        return envelope
+
+    async def _request(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        query: dict[str, str | int] | None,
+        body: t7470.Wire | None,
+        etag: bytes | None = None,
+    ) -> CoapReply:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            payload = t7470.encode(body) if body is not None else None
+            reply = await self._tx.request(method, path, query=query, body=payload, etag=etag)
+            if not reply.ok:
+                outcome = "error"
+                raise _device_error(reply)
+        except BridgeError as exc:
+            outcome = exc.code if outcome == "ok" else outcome
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            self._metrics.upstream_seconds.labels("pager", operation, outcome).observe(seconds)
+        return reply
+
+    async def _fold(self, envelope: t7470.Envelope, *, complete: bool = False) -> None:
+        out: list[Outbound] = []
+        if envelope.sessions is not None:
+            if complete:
+                out += await self._resolve_vanished(envelope.sessions)
+            out += self.tracker.apply(envelope.sessions, complete=complete)
+            for name in self.tracker.events:
+                self._metrics.pager_events.labels(name).inc()
+        if envelope.statistics is not None:
+            out += self.tracker.statistics(envelope.statistics)
+            self._metrics.set_pager_statistics(msgspec.structs.asdict(envelope.statistics))
+        if out:
+            await self._publish(out)
+
+    async def _resolve_vanished(self, sessions: Iterable[t7470.Session]) -> list[Outbound]:
+        """Sessions gone from a full list ended while unobserved: history says how."""
+        gone = self.tracker.vanished(sessions)
+        if not gone:
+            return []
+        ids = {self.tracker.active[n].id for n in gone}
+        try:
+            history = _decode(await self._request("history", "GET", HISTORY, None, None))
+        except BridgeError:
+            return []  # the caller still ends them, as "cleared"
+        ended = [s for s in history.session_history or [] if s.id in ids]
+        out = self.tracker.apply(ended)
+        for name in self.tracker.events:
+            self._metrics.pager_events.labels(name).inc()
+        return out
+
+    # -- following changes made by anyone --------------------------------------------------
+
+    async def watch(self) -> None:
+        """Follow the transmitter forever: Observe when it offers it, polling otherwise."""
+        while True:
+            observed = False
+            if self._settings.observe:
+                observed = await self._observe_once()
+            if not observed:
+                await self._poll_for(OBSERVE_RETRY if self._settings.observe else None)
+
+    async def _observe_once(self) -> bool:
+        """One Observe registration, until it drops. False if Observe is unavailable."""
+        self._set_mode("observe")
+        registered = False
+        try:
+            async for reply in self._tx.observe("/v1/notify", query={"action": "get_sessions"}):
+                if not reply.ok:
+                    log.info("transmitter refused Observe (%s); polling instead", reply.code)
+                    return registered
+                if not registered:
+                    registered = True
+                    await self._sync()
+                await self._notified(reply)
+        except BridgeError as exc:
+            log.warning("observation of the transmitter dropped: %s", exc.message)
+            await asyncio.sleep(self._settings.poll_interval)
+        return registered
+
+    async def _notified(self, reply: CoapReply) -> None:
+        try:
+            envelope = _decode(reply)
+        except UpstreamError as exc:
+            log.warning("unreadable notification from the transmitter: %s", exc.message)
+            self._metrics.pager_notifications.labels("invalid").inc()
+            return
+        kinds = envelope.responseTypes or []
+        kind = "ping" if "ping" in kinds else "change"
+        self._metrics.pager_notifications.labels(kind).inc()
+        await self._fold(envelope)
+
+    async def _sync(self) -> None:
+        """Read the full list once (after (re)registering, changes may have been missed)."""
+        with contextlib.suppress(BridgeError):
+            await self._call("list", "GET", SESSIONS, complete=True)
+
+    async def _poll_for(self, duration: float | None) -> None:
+        self._set_mode("poll")
+        etag: bytes | None = None
+        end = None if duration is None else time.monotonic() + duration
+        while end is None or time.monotonic() < end:
+            try:
+                reply = await self._request("poll", "GET", SESSIONS, None, None, etag)
+                if reply.code != "2.03":
+                    etag = reply.etag
+                    await self._fold(_decode(reply), complete=True)
+            except BridgeError as exc:
+                log.debug("poll of the transmitter failed: %s", exc.message)
+            await asyncio.sleep(self._settings.poll_interval)
+
+    def _set_mode(self, mode: str) -> None:
+        for each in ("observe", "poll"):
+            self._metrics.pager_watch_mode.labels(each).set(1 if each == mode else 0)
+
+
+def _decode(reply: CoapReply) -> t7470.Envelope:
+    try:
+        return t7470.decode_envelope(reply.payload)
+    except msgspec.DecodeError as exc:
+        raise UpstreamError(
+            f"transmitter sent an unreadable reply ({reply.code}): {exc}",
+            detail={"coap_code": reply.code},
+        ) from exc
+
+
+def _device_error(reply: CoapReply) -> UpstreamError:
+    body: Any
+    try:
+        body = msgspec.json.decode(reply.payload) if reply.payload else None
+    except msgspec.DecodeError:
+        body = reply.payload.decode("utf-8", "replace")[:512]
+    reason = body.get("error") if isinstance(body, dict) else None
+    text = f"transmitter answered {reply.code}" + (f": {reason}" if reason else "")
+    return UpstreamError(text, detail={"coap_code": reply.code, "body": body})
+
+
+def _one_session(envelope: t7470.Envelope) -> Any:
+    sessions = envelope.sessions or []
+    return {"session": sessions[0] if sessions else None, "statistics": envelope.statistics}

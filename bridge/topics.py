@@ -1,0 +1,142 @@
+"""Every MQTT topic the bridge reads or writes is parsed or built here, and nowhere else.
+
+The contract (README "Topics"): all topics take an optional prefix, `bridge/state` included.
+Parsing is pure and strict: a topic segment that is not a plain positive integer where a number is
+expected is an `InvalidTopic`, so no input can steer the bridge into a wildcard or foreign topic.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+
+from bridge.errors import InvalidTopic
+
+BASE: Final = "base"
+WILDCARDS: Final = frozenset("+#\0")
+
+
+class PagerTopic(msgspec.Struct, frozen=True):
+    """`pager/<number>/action`."""
+
+    number: int
+
+
+class BaseTopic(msgspec.Struct, frozen=True):
+    """`pager/base/action`: base-station-wide commands."""
+
+
+class ScheduleTopic(msgspec.Struct, frozen=True):
+    """`schedule/<schedule_id>/timerange`."""
+
+    schedule_id: int
+
+
+CommandTopic = PagerTopic | BaseTopic | ScheduleTopic
+Route = Literal["pager", "pager_base", "schedule"]
+
+
+def is_publishable(topic: str) -> bool:
+    """True for a concrete topic name: not empty, no wildcard, no NUL, not a `$` system topic."""
+    return bool(topic) and not (WILDCARDS & set(topic)) and not topic.startswith("$")
+
+
+def _id_segment(segment: str, what: str, maximum: int) -> int:
+    # isdecimal() also accepts non-ASCII digits; the contract says ASCII integers.
+    if not (segment.isascii() and segment.isdigit()) or len(segment) > 10:
+        raise InvalidTopic(f"{what} must be a positive integer, got {segment[:40]!r}")
+    value = int(segment)
+    if not 1 <= value <= maximum:
+        raise InvalidTopic(f"{what} must be between 1 and {maximum}, got {value}")
+    return value
+
+
+class Topics:
+    """Builds and parses the topics of one site (one prefix)."""
+
+    __slots__ = (
+        "_cache",
+        "_max_number",
+        "_pager_prefix",
+        "_schedule_prefix",
+        "bridge_state",
+        "deadletter",
+        "prefix",
+        "statistics",
+    )
+
+    def __init__(self, prefix: str = "", *, max_number: int = 999) -> None:
+        self.prefix = prefix.strip("/")
+        root = f"{self.prefix}/" if self.prefix else ""
+        self._pager_prefix = f"{root}pager/"
+        self._schedule_prefix = f"{root}schedule/"
+        self._max_number = max_number
+        self.bridge_state = f"{root}bridge/state"
+        self.deadletter = f"{root}bridge/deadletter"
+        self.statistics = f"{root}pager/statistics"
+        # Per-number topics are built once: pager numbers are few and reused constantly.
+        self._cache: dict[tuple[str, int], str] = {}
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    def subscriptions(self, shared_group: str = "") -> list[str]:
+        filters = [f"{self._pager_prefix}+/action", f"{self._schedule_prefix}+/timerange"]
+        if shared_group:
+            return [f"$share/{shared_group}/{f}" for f in filters]
+        return filters
+
+    # -- parsing ---------------------------------------------------------------------------
+
+    def parse(self, topic: str) -> CommandTopic:
+        """Map an inbound topic to what it addresses; InvalidTopic if it is not a command topic."""
+        if topic.startswith(self._pager_prefix):
+            middle, sep, tail = topic[len(self._pager_prefix) :].partition("/")
+            if sep and tail == "action":
+                if middle == BASE:
+                    return BaseTopic()
+                return PagerTopic(_id_segment(middle, "pager number", self._max_number))
+        elif topic.startswith(self._schedule_prefix):
+            middle, sep, tail = topic[len(self._schedule_prefix) :].partition("/")
+            if sep and tail == "timerange":
+                schedule_id = _id_segment(middle, "schedule id", 2**31 - 1)
+                return ScheduleTopic(schedule_id)
+        raise InvalidTopic(f"not a command topic: {topic[:120]!r}")
+
+    def in_namespace(self, topic: str) -> bool:
+        """True if `topic` is one of the bridge's own; a client may not redirect output there."""
+        root = f"{self.prefix}/" if self.prefix else ""
+        return topic.startswith((self._pager_prefix, self._schedule_prefix, f"{root}bridge/"))
+
+    # -- building --------------------------------------------------------------------------
+
+    @staticmethod
+    def result(command_topic: str) -> str:
+        return f"{command_topic}/result"
+
+    def _pager(self, number: int, leaf: str) -> str:
+        key = (leaf, number)
+        topic = self._cache.get(key)
+        if topic is None:
+            if len(self._cache) > 100_000:  # bounded: numbers are capped, but be safe
+                self._cache.clear()
+            topic = self._cache[key] = f"{self._pager_prefix}{number}/{leaf}"
+        return topic
+
+    def pager_action(self, number: int) -> str:
+        return self._pager(number, "action")
+
+    def pager_session(self, number: int) -> str:
+        return self._pager(number, "session")
+
+    def pager_event(self, number: int) -> str:
+        return self._pager(number, "event")
+
+    def base_action(self) -> str:
+        return f"{self._pager_prefix}{BASE}/action"
+
+    def schedule_command(self, schedule_id: int) -> str:
+        return f"{self._schedule_prefix}{schedule_id}/timerange"
+
+    def schedule_ranges(self, schedule_id: int) -> str:
+        return f"{self._schedule_prefix}{schedule_id}/timeranges"
