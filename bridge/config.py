@@ -26,10 +26,13 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Policy base of every settings section: immutable, named fields, typos refused."""
+    """Policy base of every settings section: immutable, named fields, typos refused.
+
+    Subclasses repeat `frozen=True`: msgspec inherits it, but mypy's dataclass view does not.
+    """
 
 
-class MqttSettings(Section):
+class MqttSettings(Section, frozen=True):
     url: str = "mqtt://127.0.0.1:1883"
     protocol: Literal["5", "3.1.1"] = "5"
     # Empty means derived from the host name, stable across restarts (see `client_id_or_default`).
@@ -50,7 +53,7 @@ class MqttSettings(Section):
     op_timeout: PositiveFloat = 10.0
 
 
-class PagerSettings(Section):
+class PagerSettings(Section, frozen=True):
     url: str = "coap://127.0.0.1:5683"
     # Seconds to wait for one CoAP exchange before answering `upstream_timeout`.
     timeout: PositiveFloat = 10.0
@@ -69,7 +72,7 @@ class PagerSettings(Section):
     numbers: list[int] = msgspec.field(default_factory=list)
 
 
-class ScheduleParent(Section):
+class ScheduleParent(Section, frozen=True):
     """Where a schedule lives in Sensaphone's resource tree."""
 
     kind: Literal["default_schedule", "device_schedule", "contact_schedule"] = "default_schedule"
@@ -78,7 +81,7 @@ class ScheduleParent(Section):
     contact_id: int | None = None
 
 
-class SensaphoneSettings(Section):
+class SensaphoneSettings(Section, frozen=True):
     url: str = "https://rest.sensaphone.net/api/v1"
     user: str = ""
     password: str | None = None
@@ -95,23 +98,23 @@ class SensaphoneSettings(Section):
     renew_margin: Annotated[float, msgspec.Meta(ge=0)] = 60.0
 
 
-class HttpSettings(Section):
+class HttpSettings(Section, frozen=True):
     # Metrics and probes. Loopback by default; `0.0.0.0:9464` in a container.
     addr: str = "127.0.0.1:9464"
 
 
-class LimitSettings(Section):
+class LimitSettings(Section, frozen=True):
     max_payload: Annotated[int, msgspec.Meta(ge=64, le=1_048_576)] = 16384
     # Commands being worked on at once; past it the bridge stops reading (back-pressure).
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
 
 
-class LogSettings(Section):
+class LogSettings(Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
 
 
-class Settings(Section):
+class Settings(Section, frozen=True):
     topic_prefix: str = ""
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
     pager: PagerSettings = msgspec.field(default_factory=PagerSettings)
