@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class Bridge:
     """One site: one broker link, one transmitter, one Sensaphone account."""
 
-    def __init__(self, settings: Settings, *, drain_timeout: float = 20.0) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.metrics.info.info({"version": __version__})
@@ -53,17 +53,17 @@ class Bridge:
             self.transmitter, self._publish_all, self.topics, self.metrics, settings.pager
         )
         self.sensaphone = SensaphoneClient(
-            settings.sensaphone, observer=self.metrics.sensaphone_observer()
+            settings.sensaphone, metrics=self.metrics.sensaphone_observer()
         )
         self.schedules = ScheduleService(
             self.sensaphone, self._publish_all, self.topics, settings.sensaphone
         )
         router = Router(self.topics, settings.pager, settings.limits)
         self.dispatcher = Dispatcher(
-            router, self.link, self._execute, self.metrics, settings.limits.max_in_flight
+            router, self.link, self._execute, self.metrics, settings.limits
         )
         self.probes = ProbeServer(settings.http.addr, self.metrics, lambda: self.link.ready)
-        self._drain_timeout = drain_timeout
+        self._drain_timeout = settings.limits.drain_timeout
         self._stop = asyncio.Event()
 
     async def _execute(self, request: Request) -> Any:

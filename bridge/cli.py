@@ -68,10 +68,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run() -> int:
+    settings = config.load()  # first: a bad value is reported before anything else happens
     from bridge import logs  # noqa: PLC0415 - keep `iotbridge --help` light
     from bridge.app import Bridge  # noqa: PLC0415
 
-    settings = config.load()
     logs.configure(settings.log.level, settings.log.format, config.secrets_of(settings))
     asyncio.run(Bridge(settings).run())
     return 0

@@ -51,12 +51,20 @@ class MqttSettings(Section, frozen=True):
     reconnect_max: PositiveFloat = 30.0
     # Seconds to wait for the broker's PUBACK/SUBACK before treating the link as broken.
     op_timeout: PositiveFloat = 10.0
+    # Follow the broker's $SYS count of dropped messages (Mosquitto) as a metric.
+    broker_stats: bool = True
 
 
 class PagerSettings(Section, frozen=True):
     url: str = "coap://127.0.0.1:5683"
     # Seconds to wait for one CoAP exchange before answering `upstream_timeout`.
     timeout: PositiveFloat = 10.0
+    # Reads (get, list, history, statistics, settings) are retried within this many seconds;
+    # anything that changes state is never retried (a page must not be sent twice).
+    deadline: PositiveFloat = 30.0
+    # Circuit breaker: open after this many timeouts/unreachables in a row, probe after cooldown.
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    breaker_cooldown: PositiveFloat = 5.0
     max_number: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 999
     page_modes: list[str] = msgspec.field(
         default_factory=lambda: ["Flash30Sec", "Vibe1", "Flash5Sec", "Beep", "Vibe3"]
@@ -107,6 +115,15 @@ class LimitSettings(Section, frozen=True):
     max_payload: Annotated[int, msgspec.Meta(ge=64, le=1_048_576)] = 16384
     # Commands being worked on at once; past it the bridge stops reading (back-pressure).
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
+    # A command whose `sent_at` is older than this (seconds) is answered `expired`, not carried
+    # out: a page ten minutes late is worse than none. 0 turns the check off.
+    max_age: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    # A redelivered command (same topic and transaction or correlation data) within this many
+    # seconds is answered from its first outcome instead of being carried out again.
+    dedup_window: Annotated[float, msgspec.Meta(ge=0)] = 600.0
+    dedup_size: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10000
+    # SIGTERM: how long in-flight commands may take to finish before the bridge disconnects.
+    drain_timeout: Annotated[float, msgspec.Meta(ge=0)] = 20.0
 
 
 class LogSettings(Section, frozen=True):
@@ -250,6 +267,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("configuration: mqtt.reconnect_min: must not exceed mqtt.reconnect_max")
     if any(c in settings.topic_prefix for c in "#+\0") or settings.topic_prefix.startswith("$"):
         raise ConfigError("configuration: topic_prefix: must not contain + # NUL or start with $")
+    top = settings.pager.max_number
+    bad = [n for n in settings.pager.numbers if not 1 <= n <= top]
+    if bad:
+        raise ConfigError(f"configuration: pager.numbers: {bad} not between 1 and {top}")
     for key in settings.sensaphone.schedules:
         if not key.isdigit():
             raise ConfigError(f"configuration: sensaphone.schedules.{key}: ids are numbers")

@@ -18,8 +18,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import msgspec
+
 from bridge import models
-from bridge.errors import BridgeError
+from bridge.answers import Answers
+from bridge.config import LimitSettings
+from bridge.errors import BridgeError, Expired
 from bridge.metrics import Metrics
 from bridge.mqtt import Inbound
 from bridge.routing import Request, Router, transaction_of
@@ -46,6 +50,8 @@ class Link(Protocol):
     ) -> None: ...
 
 
+# Failures where the command was not carried out for want of an answer: parked for an operator.
+DEADLETTER_CODES = frozenset({"upstream_timeout", "upstream_unavailable", "auth_failed"})
 _ROUTES = {PagerTopic: "pager", BaseTopic: "pager_base", ScheduleTopic: "schedule"}
 
 
@@ -53,13 +59,15 @@ class Dispatcher:
     """Runs commands through `execute` in per-key lanes, answers and acknowledges them."""
 
     def __init__(
-        self, router: Router, link: Link, execute: Execute, metrics: Metrics, max_in_flight: int
+        self, router: Router, link: Link, execute: Execute, metrics: Metrics, limits: LimitSettings
     ) -> None:
         self._router = router
         self._link = link
         self._execute = execute
         self._metrics = metrics
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._limits = limits
+        self._answers = Answers(limits.dedup_window, limits.dedup_size)
+        self._slots = asyncio.Semaphore(limits.max_in_flight)
         self._lanes: dict[tuple[str, int], deque[tuple[Inbound, Request]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
@@ -109,27 +117,72 @@ class Dispatcher:
 
     async def _process(self, inbound: Inbound, request: Request) -> None:
         command = request.command
+        route, action = _ROUTES[type(request.target)], str(command.__struct_config__.tag)
+        key = Answers.key(inbound.topic, command.transaction, inbound.correlation)
+        earlier = self._answers.get(key)
+        if earlier is not None:
+            await self._finish(inbound, earlier, route, action, "duplicate")
+            return
         try:
+            self._check_age(inbound, command)
             data = await self._execute(request)
             result = models.Result(status="ok", transaction=command.transaction, data=data)
         except BridgeError as exc:
             result = _error_result(exc, command.transaction)
+            if exc.code in DEADLETTER_CODES:
+                result = await self._deadletter(inbound, result, route)
         except Exception as exc:
             log.exception("command on %s failed unexpectedly", inbound.topic)
             result = _error_result(BridgeError(f"internal error: {exc}"), command.transaction)
-        action = str(command.__struct_config__.tag)
-        await self._finish(inbound, result, _ROUTES[type(request.target)], action)
+        payload = models.ENCODER.encode(result)
+        self._answers.put(key, payload)
+        await self._finish(inbound, payload, route, action, _outcome(result))
+
+    async def _deadletter(
+        self, inbound: Inbound, result: models.Result, route: str
+    ) -> models.Result:
+        """Park a command that could not be carried out; its result says where."""
+        assert result.error is not None
+        letter = models.DeadLetter(
+            topic=inbound.topic,
+            payload=inbound.payload.decode("utf-8", "replace"),
+            reason=result.error.message,
+            error=result.error,
+        )
+        topic = self._router.topics.deadletter
+        try:
+            await self._link.publish(topic, models.ENCODER.encode(letter))
+        except BridgeError as exc:
+            log.warning("could not publish to %s: %s", topic, exc)
+            return result
+        self._metrics.deadletters.labels(route, result.error.code).inc()
+        detail = result.error.detail if isinstance(result.error.detail, dict) else {}
+        error = msgspec.structs.replace(result.error, detail={**detail, "deadletter": topic})
+        return msgspec.structs.replace(result, error=error)
+
+    def _check_age(self, inbound: Inbound, command: models.Command) -> None:
+        """Refuse a command that is too old to be worth carrying out."""
+        max_age = self._limits.max_age
+        if command.sent_at is not None and max_age:
+            age = time.time() - command.sent_at
+            if age > max_age:
+                raise Expired(
+                    f"sent {age:.0f} s ago; commands older than {max_age:g} s are refused"
+                )
+        if inbound.expiry is not None:
+            waited = time.perf_counter() - inbound.received
+            if waited > inbound.expiry:
+                raise Expired(f"its MQTT message expiry passed while it waited {waited:.1f} s")
 
     async def _answer_invalid(self, inbound: Inbound, exc: BridgeError) -> None:
         result = _error_result(exc, transaction_of(inbound.payload))
-        await self._finish(inbound, result, "invalid", "none")
+        payload = models.ENCODER.encode(result)
+        await self._finish(inbound, payload, "invalid", "none", exc.code)
 
     async def _finish(
-        self, inbound: Inbound, result: models.Result, route: str, action: str
+        self, inbound: Inbound, payload: bytes, route: str, action: str, outcome: str
     ) -> None:
-        outcome = result.error.code if result.error else "ok"
         try:
-            payload = models.ENCODER.encode(result)
             await self._reply(inbound, payload)
             self._link.ack(inbound)
         except BridgeError as exc:
@@ -156,6 +209,10 @@ class Dispatcher:
             sends.append(self._link.publish(response, payload, correlation=inbound.correlation))
         if sends:
             await asyncio.gather(*sends)
+
+
+def _outcome(result: models.Result) -> str:
+    return result.error.code if result.error else "ok"
 
 
 def _error_result(exc: BridgeError, transaction: str | int | None) -> models.Result:

@@ -79,6 +79,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.broker_dropped = Gauge(
+            "iotbridge_broker_dropped_messages",
+            "Messages the broker reports it dropped ($SYS/broker/publish/messages/dropped)",
+            registry=r,
+        )
         self.outbound_dropped = Counter(
             "iotbridge_outbound_dropped",
             "Outbound messages that could not be published (buffer full or link down too long)",
@@ -110,6 +115,24 @@ class Metrics:
             "iotbridge_sensaphone_logins",
             "Sensaphone logins, by kind (initial, renew, expired) and outcome",
             ["kind", "outcome"],
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "iotbridge_circuit_state",
+            "Circuit breaker per upstream: 0 closed, 1 open, 2 half-open",
+            ["upstream"],
+            registry=r,
+        )
+        self.circuit_transitions = Counter(
+            "iotbridge_circuit_transitions",
+            "Circuit breaker state changes, by upstream and new state",
+            ["upstream", "state"],
+            registry=r,
+        )
+        self.deadletters = Counter(
+            "iotbridge_deadletters",
+            "Commands sent to bridge/deadletter, by route and error code",
+            ["route", "code"],
             registry=r,
         )
         self.upstream_retries = Counter(

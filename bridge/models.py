@@ -39,7 +39,7 @@ SystemId = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 # -- pager/<number>/action -----------------------------------------------------------------
 
 
-class Start(Command, tag="start"):
+class Start(Command, frozen=True, tag="start"):
     """Create a session (POST /v1/sessions); `page: true` pages it at once."""
 
     goal: Goal | None = None
@@ -48,19 +48,19 @@ class Start(Command, tag="start"):
     page: bool = False
 
 
-class Page(Command, tag="page"):
+class Page(Command, frozen=True, tag="page"):
     pageMode: PageMode | None = None  # noqa: N815
 
 
-class Clear(Command, tag="clear"):
+class Clear(Command, frozen=True, tag="clear"):
     pass
 
 
-class Remove(Command, tag="remove"):
+class Remove(Command, frozen=True, tag="remove"):
     pass
 
 
-class Update(Command, tag="update"):
+class Update(Command, frozen=True, tag="update"):
     """Change a session's goal, label or party size (PUT without `action`)."""
 
     goal: Goal | None = None
@@ -68,11 +68,11 @@ class Update(Command, tag="update"):
     partySize: PartySize | None = None  # noqa: N815
 
 
-class Delete(Command, tag="delete"):
+class Delete(Command, frozen=True, tag="delete"):
     pass
 
 
-class Alert(Command, tag="alert"):
+class Alert(Command, frozen=True, tag="alert"):
     """Page without a session (POST /v1/page)."""
 
     pageMode: PageMode | None = None  # noqa: N815
@@ -80,7 +80,7 @@ class Alert(Command, tag="alert"):
     systemId: SystemId | None = None  # noqa: N815
 
 
-class Get(Command, tag="get"):
+class Get(Command, frozen=True, tag="get"):
     pass
 
 
@@ -90,31 +90,31 @@ PAGER_ACTIONS = ("start", "page", "clear", "remove", "update", "delete", "alert"
 # -- pager/base/action ---------------------------------------------------------------------
 
 
-class ListSessions(Command, tag="list"):
+class ListSessions(Command, frozen=True, tag="list"):
     pass
 
 
-class ClearAll(Command, tag="clear_all"):
+class ClearAll(Command, frozen=True, tag="clear_all"):
     pass
 
 
-class History(Command, tag="history"):
+class History(Command, frozen=True, tag="history"):
     pass
 
 
-class ClearHistory(Command, tag="clear_history"):
+class ClearHistory(Command, frozen=True, tag="clear_history"):
     pass
 
 
-class GetStatistics(Command, tag="statistics"):
+class GetStatistics(Command, frozen=True, tag="statistics"):
     pass
 
 
-class ClearStatistics(Command, tag="clear_statistics"):
+class ClearStatistics(Command, frozen=True, tag="clear_statistics"):
     pass
 
 
-class GetSettings(Command, tag="get_settings"):
+class GetSettings(Command, frozen=True, tag="get_settings"):
     pass
 
 
@@ -125,7 +125,7 @@ class SettingsChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     statisticsClearMark: Annotated[str, msgspec.Meta(max_length=64)] | None = None  # noqa: N815
 
 
-class SetSettings(Command, tag="set_settings", kw_only=True):
+class SetSettings(Command, frozen=True, tag="set_settings", kw_only=True):
     settings: SettingsChange
 
 
@@ -158,7 +158,7 @@ TimeText = Annotated[str, msgspec.Meta(max_length=64)]
 IntervalField = Annotated[int, msgspec.Meta(ge=0, lt=2**15)] | Interval
 
 
-class ScheduleCommand(Command):
+class ScheduleCommand(Command, frozen=True):
     """Base of timerange commands: where the schedule lives may come with the command."""
 
     device_id: ParentId | None = None
@@ -166,24 +166,24 @@ class ScheduleCommand(Command):
     contact_id: ParentId | None = None
 
 
-class ReadRanges(ScheduleCommand, tag="read"):
+class ReadRanges(ScheduleCommand, frozen=True, tag="read"):
     pass
 
 
-class CreateRange(ScheduleCommand, tag="create"):
+class CreateRange(ScheduleCommand, frozen=True, tag="create"):
     start: TimeText | None = None
     end: TimeText | None = None
     interval: IntervalField | None = None
 
 
-class UpdateRange(ScheduleCommand, tag="update", kw_only=True):
+class UpdateRange(ScheduleCommand, frozen=True, tag="update", kw_only=True):
     range_id: RangeId
     start: TimeText | None = None
     end: TimeText | None = None
     interval: IntervalField | None = None
 
 
-class DeleteRange(ScheduleCommand, tag="delete", kw_only=True):
+class DeleteRange(ScheduleCommand, frozen=True, tag="delete", kw_only=True):
     range_id: RangeId
 
 

@@ -39,6 +39,7 @@ from bridge.topics import Topics, is_publishable
 log = logging.getLogger(__name__)
 
 NODELAY: Final = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+BROKER_DROPPED: Final = "$SYS/broker/publish/messages/dropped"
 
 
 class Inbound:
@@ -157,10 +158,21 @@ class MqttLink:
             for hook in self._on_connect:
                 await hook()
             async for message in client.messages:
+                if message.topic.value.startswith("$SYS/"):
+                    self._broker_fact(message)
+                    continue
                 if self._stopping:
                     # Intake stopped for shutdown: left unacknowledged, redelivered next time.
                     continue
                 await handler(Inbound(message, generation))
+
+    def _broker_fact(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        text = payload.decode(errors="replace") if isinstance(payload, bytes) else str(payload)
+        try:
+            self._metrics.broker_dropped.set(float(text))
+        except ValueError:
+            log.debug("unreadable %s: %r", message.topic.value, text[:40])
 
     def _went_down(self) -> None:
         self._up.clear()
@@ -177,6 +189,10 @@ class MqttLink:
         if any(c == 0 for c in codes):
             log.warning("broker granted QoS 0 only; commands may be lost: %s", codes)
         self.ready = True
+        if self._settings.broker_stats:
+            # Mosquitto counts messages it dropped (queue limits) here; other brokers may not.
+            # A refusal (ACL) only costs the metric, so it is not an error.
+            await client.subscribe(BROKER_DROPPED, qos=0, timeout=self._op)
 
     def _backoff(self, attempt: int) -> float:
         low, high = self._settings.reconnect_min, self._settings.reconnect_max

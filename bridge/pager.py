@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -18,9 +19,16 @@ from typing import Any
 import msgspec
 
 from bridge import models, t7470
+from bridge.breaker import CircuitBreaker
 from bridge.coap import CoapReply, Transmitter
 from bridge.config import PagerSettings
-from bridge.errors import BridgeError, InvalidPayload, UpstreamError
+from bridge.errors import (
+    BridgeError,
+    InvalidPayload,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from bridge.metrics import Metrics
 from bridge.sessions import Outbound, SessionTracker
 from bridge.topics import Topics
@@ -52,6 +60,12 @@ class PagerService:
         self._metrics = metrics
         self._settings = settings
         self.tracker = SessionTracker(topics)
+        self.breaker = CircuitBreaker(
+            "pager",
+            metrics,
+            failures=settings.breaker_failures,
+            cooldown=settings.breaker_cooldown,
+        )
 
     # -- commands --------------------------------------------------------------------------
 
@@ -149,21 +163,52 @@ class PagerService:
         body: t7470.Wire | None,
         etag: bytes | None = None,
     ) -> CoapReply:
+        """One request through the breaker; reads are retried with jittered backoff."""
+        payload = t7470.encode(body) if body is not None else None
+        end = time.monotonic() + self._settings.deadline
+        attempt = 0
+        while True:
+            try:
+                return await self._attempt(operation, method, path, query, payload, etag)
+            except (UpstreamTimeout, UpstreamUnavailable):
+                attempt += 1
+                delay = random.uniform(0, min(2.0, 0.1 * 2**attempt))  # noqa: S311 - jitter
+                if method != "GET" or time.monotonic() + delay >= end:
+                    raise
+                self._metrics.upstream_retries.labels("pager", operation, "no_answer").inc()
+                await asyncio.sleep(delay)
+
+    async def _attempt(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        query: dict[str, str | int] | None,
+        payload: bytes | None,
+        etag: bytes | None,
+    ) -> CoapReply:
+        self.breaker.before()
         started = time.perf_counter()
         outcome = "ok"
         try:
-            payload = t7470.encode(body) if body is not None else None
             reply = await self._tx.request(method, path, query=query, body=payload, etag=etag)
+        except (UpstreamTimeout, UpstreamUnavailable) as exc:
+            outcome = exc.code
+            self.breaker.failure()
+            raise
+        except BaseException:
+            outcome = "cancelled"
+            self.breaker.release()
+            raise
+        else:
+            self.breaker.success()
             if not reply.ok:
                 outcome = "error"
                 raise _device_error(reply)
-        except BridgeError as exc:
-            outcome = exc.code if outcome == "ok" else outcome
-            raise
+            return reply
         finally:
             seconds = time.perf_counter() - started
             self._metrics.upstream_seconds.labels("pager", operation, outcome).observe(seconds)
-        return reply
 
     async def _fold(self, envelope: t7470.Envelope, *, complete: bool = False) -> None:
         out: list[Outbound] = []

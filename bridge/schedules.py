@@ -41,13 +41,7 @@ class ScheduleService:
         self._publish = publish
         self._topics = topics
         self._configured = {
-            int(key): Parent(
-                kind=value.kind,
-                device_id=value.device_id,
-                user_id=value.user_id,
-                contact_id=value.contact_id,
-            )
-            for key, value in settings.schedules.items()
+            int(key): Parent.from_settings(value) for key, value in settings.schedules.items()
         }
 
     async def execute(self, schedule_id: int, command: models.Command) -> Any:

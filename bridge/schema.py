@@ -1,5 +1,7 @@
 """JSON Schema of every MQTT payload, generated from the models (`iotbridge schema`).
 
+Also the AsyncAPI document of the whole contract (`asyncapi.yaml`, from `bridge.asyncapi`).
+
 The files in `schemas/` are this module's output; a test fails when they drift from the models.
 """
 
@@ -39,6 +41,10 @@ def render() -> dict[str, str]:
             "title": title,
         } | schema
         out[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    # Imported here: bridge.asyncapi builds on DOCUMENTS above.
+    from bridge import asyncapi  # noqa: PLC0415
+
+    out["asyncapi.yaml"] = asyncapi.render()
     return out
 
 

@@ -1,0 +1,65 @@
+"""End-to-end fixtures: a real Mosquitto, the T7470 simulator over UDP, the bridge, a user's client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+
+import pytest
+
+from bridge.app import Bridge
+from bridge.broker import Mosquitto
+from bridge.config import Settings
+from bridge.sim.pager import PagerSimulator
+from tests.support import Peer, running, settings
+
+pytestmark = pytest.mark.broker
+
+BridgeFactory = Callable[..., AbstractAsyncContextManager[Bridge]]
+
+
+@pytest.fixture
+async def pager_sim() -> AsyncIterator[PagerSimulator]:
+    sim = PagerSimulator(port=0, ping_interval=0.5)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+@pytest.fixture
+def bridge_settings(broker: Mosquitto, pager_sim: PagerSimulator) -> Callable[..., Settings]:
+    def make(**env: str) -> Settings:
+        base = {
+            "mqtt_url": f"mqtt://127.0.0.1:{broker.port}",
+            "mqtt_client_id": "iotbridge-test",
+            "pager_url": f"coap://127.0.0.1:{pager_sim.port}",
+            "pager_timeout": "1.5",
+            "pager_poll_interval": "0.2",
+        }
+        return settings(**(base | env))
+
+    return make
+
+
+@pytest.fixture
+def bridge_at(bridge_settings: Callable[..., Settings]) -> BridgeFactory:
+    """`async with bridge_at(pager_timeout="0.5") as bridge:` runs a bridge for the block."""
+
+    def make(**env: str) -> AbstractAsyncContextManager[Bridge]:
+        return running(Bridge(bridge_settings(**env)))
+
+    return make
+
+
+@pytest.fixture
+async def bridge(bridge_at: BridgeFactory) -> AsyncIterator[Bridge]:
+    async with bridge_at() as instance:
+        yield instance
+
+
+@pytest.fixture
+async def peer(broker: Mosquitto) -> AsyncIterator[Peer]:
+    async with Peer(broker.port) as client:
+        yield client

@@ -1,0 +1,152 @@
+"""The MQTT contract as a client sees it: bad input, results, MQTT v5/3.1.1, state, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+
+import pytest
+
+from bridge.app import Bridge
+from bridge.broker import Mosquitto
+from bridge.sim.pager import PagerSimulator
+from tests.e2e.conftest import BridgeFactory
+from tests.support import Peer
+
+pytestmark = pytest.mark.broker
+
+BAD_INPUT = [
+    ("pager/5/action", "{not json", "invalid_payload", "not valid JSON"),
+    ("pager/5/action", '{"action":"start","partySize":"four"}', "invalid_payload", "partySize"),
+    ("pager/5/action", '{"action":"dance"}', "unknown_action", "unknown action 'dance'"),
+    ("pager/abc/action", "page", "invalid_topic", "positive integer"),
+    ("pager/-3/action", "page", "invalid_topic", "positive integer"),
+    ("pager/100000/action", "page", "invalid_topic", "between 1 and 999"),
+    ("pager/5/action", "x" * 20000, "invalid_payload", "the limit is 16384"),
+    ("pager/5/action", json.dumps({"action": "start", "label": "L" * 65}), "invalid_payload",
+     "label is 65 characters"),
+]
+
+
+async def test_bad_input_gets_clear_errors_and_the_bridge_keeps_serving(
+    bridge: Bridge, peer: Peer
+) -> None:
+    for topic, payload, code, message in BAD_INPUT:
+        result = await peer.request(topic, payload)
+        assert result["status"] == "error", (topic, payload)
+        assert result["error"]["code"] == code, (payload, result)
+        assert message in result["error"]["message"], (payload, result)
+    ok = await peer.request("pager/5/action", {"action": "start"})
+    assert ok["status"] == "ok"
+    body = await _get(bridge, "/metrics")
+    assert 'iotbridge_commands_total{action="none",outcome="invalid_topic",route="invalid"} 3.0' in body
+    assert 'outcome="unknown_action",route="pager"' not in body  # not routed: counted as invalid
+
+
+async def test_transaction_is_echoed_even_for_invalid_payloads(bridge: Bridge, peer: Peer) -> None:
+    await peer.publish("pager/5/action", '{"action":"dance","transaction":"abc-1"}')
+    message = await peer.wait_for(lambda m: m[0] == "pager/5/action/result")
+    assert json.loads(message[1])["transaction"] == "abc-1"
+
+
+async def test_mqtt5_response_topic_and_correlation(bridge: Bridge, peer: Peer) -> None:
+    reply = await peer.request_v5("pager/8/action", "start", "clients/me/replies")
+    assert json.loads(reply[1])["status"] == "ok"
+    assert reply[3].CorrelationData == b"corr-1"
+    # The usual result topic gets it too.
+    await peer.wait_for(lambda m: m[0] == "pager/8/action/result")
+
+
+async def test_response_topic_cannot_point_into_the_bridge_namespace(
+    bridge: Bridge, peer: Peer
+) -> None:
+    await peer.request_v5("pager/9/action", "start", "pager/9/action/result")
+    await asyncio.sleep(0.2)
+    results = peer.on("pager/9/action/result")
+    assert len(results) == 1  # published once, as the contract's result, not again as a reply
+    assert not peer.on("bridge/state") or all(m[1] != b"" for m in peer.on("bridge/state"))
+
+
+async def test_mqtt311_clients_get_their_transaction(
+    broker: Mosquitto, bridge_at: BridgeFactory
+) -> None:
+    async with bridge_at(mqtt_protocol="3.1.1"), Peer(broker.port, v5=False) as old:
+        result = await old.request("pager/21/action", {"action": "start"})
+        assert result["status"] == "ok"
+        assert result["transaction"].startswith("t")
+
+
+async def test_bridge_state_online_then_offline(
+    broker: Mosquitto, bridge_at: BridgeFactory, peer: Peer
+) -> None:
+    async with bridge_at():
+        await peer.wait_for(lambda m: m[0] == "bridge/state" and b"online" in m[1])
+    await peer.wait_for(lambda m: m[0] == "bridge/state" and b"offline" in m[1])
+    async with Peer(broker.port) as late:  # retained: a newcomer sees the last state
+        message = await late.wait_for(lambda m: m[0] == "bridge/state")
+        assert json.loads(message[1]) == {"state": "offline"}
+        assert message[2]
+
+
+async def test_probes_and_metrics(bridge: Bridge, peer: Peer) -> None:
+    await peer.request("pager/30/action", {"action": "start"})
+    await peer.request("pager/31/action", {"action": "page"})
+    assert await _get(bridge, "/livez") == "ok\n"
+    assert await _get(bridge, "/readyz") == "ready\n"
+    body = await _get(bridge, "/metrics")
+    assert 'iotbridge_commands_total{action="start",outcome="ok",route="pager"} 1.0' in body
+    assert 'iotbridge_commands_total{action="page",outcome="upstream_error",route="pager"}' in body
+    assert "iotbridge_mqtt_connected 1.0" in body
+    assert 'iotbridge_upstream_request_duration_seconds_bucket{le="60.0",operation="start"' in body
+    assert 'iotbridge_command_duration_seconds_bucket{le="0.001",route="pager"}' in body
+    assert "iotbridge_pager_sessions 1.0" in body
+    for forbidden in ('"30"', '"31"', "pager/30", "pager/31"):
+        assert forbidden not in body
+
+
+async def test_commands_sent_while_the_bridge_is_down_are_carried_out(
+    bridge_at: BridgeFactory, peer: Peer
+) -> None:
+    async with bridge_at():
+        pass  # registers the persistent session and its subscriptions
+    for number in (51, 52, 53):
+        await peer.publish(f"pager/{number}/action", json.dumps({"action": "start"}))
+    async with bridge_at():
+        for number in (51, 52, 53):
+            message = await peer.wait_for(lambda m, n=number: m[0] == f"pager/{n}/action/result")
+            assert json.loads(message[1])["status"] == "ok"
+
+
+async def test_upstream_timeout(
+    bridge_at: BridgeFactory, peer: Peer, pager_sim: PagerSimulator
+) -> None:
+    async with bridge_at(pager_timeout="0.5"):
+        await pager_sim.set_silent(True)
+        result = await peer.request("pager/60/action", {"action": "start"})
+        assert result["error"]["code"] == "upstream_timeout"
+        await pager_sim.set_silent(False)
+        assert (await peer.request("pager/60/action", {"action": "start"}))["status"] == "ok"
+
+
+async def test_broker_restart(bridge: Bridge, broker: Mosquitto) -> None:
+    broker.kill()
+    await asyncio.sleep(0.3)
+    assert not bridge.link.ready
+    broker.start()
+    async with Peer(broker.port) as peer:
+        await peer.wait_for(lambda m: m[0] == "bridge/state" and b"online" in m[1], 15)
+        result = await peer.request("pager/61/action", {"action": "start"})
+        assert result["status"] == "ok"
+    assert 'iotbridge_mqtt_reconnects_total' in await _get(bridge, "/metrics")
+
+
+async def _get(bridge: Bridge, path: str) -> str:
+    """GET from the bridge's HTTP server, off the event loop the bridge runs on."""
+    url = f"http://127.0.0.1:{bridge.probes.port}{path}"
+
+    def fetch() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            return str(response.read().decode())
+
+    return await asyncio.to_thread(fetch)

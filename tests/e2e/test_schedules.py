@@ -1,0 +1,194 @@
+"""Schedules end to end: MQTT in, Sensaphone REST to the simulator (both API modes), MQTT out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+
+from bridge.app import Bridge
+from bridge.sim.sensaphone import SensaphoneSimulator
+from tests.support import Peer
+
+pytestmark = pytest.mark.broker
+
+PASSWORD = "demo-password"  # noqa: S105 - the simulator's demo account
+SCHEDULES = "{'28487': {kind: default_schedule, device_id: 1234}}"
+
+
+@pytest.fixture
+def sensaphone() -> Iterator[SensaphoneSimulator]:
+    with SensaphoneSimulator(session_lifetime=3600) as sim:
+        yield sim
+
+
+@pytest.fixture(params=["json", "uri"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def schedule_bridge(
+    bridge_at: Callable[..., AbstractAsyncContextManager[Bridge]],
+    sensaphone: SensaphoneSimulator,
+    mode: str,
+) -> Callable[..., AbstractAsyncContextManager[Bridge]]:
+    def make(**env: str) -> AbstractAsyncContextManager[Bridge]:
+        base = {
+            "sensaphone_url": sensaphone.url,
+            "sensaphone_user": "demo",
+            "sensaphone_password": PASSWORD,
+            "sensaphone_mode": mode,
+            "sensaphone_schedules": SCHEDULES,
+            "sensaphone_deadline": "5",
+        }
+        return bridge_at(**(base | env))
+
+    return make
+
+
+def ranges_on(peer: Peer, schedule_id: int) -> list[dict[str, Any]]:
+    retained = peer.payloads(f"schedule/{schedule_id}/timeranges")
+    return list(retained[-1]["timeranges"]) if retained else []
+
+
+async def test_every_operation(
+    schedule_bridge: Callable[..., AbstractAsyncContextManager[Bridge]],
+    peer: Peer,
+    sensaphone: SensaphoneSimulator,
+) -> None:
+    topic = "schedule/28487/timerange"
+    async with schedule_bridge():
+        read = await peer.request(topic, {"action": "read"})
+        assert read["status"] == "ok", read
+        assert [r["range_id"] for r in read["data"]["timeranges"]] == [58381, 51587]
+        assert read["data"]["timeranges"][1]["interval_decoded"]["days"] == ["sun", "mon", "tue"]
+
+        weekdays = {"days": ["mon", "tue", "wed", "thu", "fri"]}
+        created = await peer.request(
+            topic, {"action": "create", "start": "08:00", "end": "12:00", "interval": weekdays}
+        )
+        assert created["status"] == "ok", created
+        new = [r for r in created["data"]["timeranges"] if r["start"] == "08:00" and r["end"] == "12:00"]
+        assert len(new) == 1 and new[0]["interval"] == 62
+        range_id = new[0]["range_id"]
+        await peer.wait_for(lambda m: m[0] == "schedule/28487/timeranges" and m[2])
+        assert range_id in [r["range_id"] for r in ranges_on(peer, 28487)]
+
+        updated = await peer.request(
+            topic, {"action": "update", "range_id": range_id, "interval": 65, "end": "13:00"}
+        )
+        assert updated["status"] == "ok", updated
+        mine = next(r for r in ranges_on(peer, 28487) if r["range_id"] == range_id)
+        assert (mine["end"], mine["interval"]) == ("13:00", 65)
+        assert mine["interval_decoded"]["days"] == ["sun", "sat"]
+
+        deleted = await peer.request(topic, {"action": "delete", "range_id": range_id})
+        assert deleted["status"] == "ok", deleted
+        assert range_id not in [r["range_id"] for r in ranges_on(peer, 28487)]
+    assert sensaphone.ranges_created == 1
+    assert sensaphone.logins == 1
+
+
+async def test_contact_schedule_from_the_payload(
+    schedule_bridge: Callable[..., AbstractAsyncContextManager[Bridge]], peer: Peer
+) -> None:
+    async with schedule_bridge():
+        read = await peer.request(
+            "schedule/300/timerange", {"action": "read", "user_id": 55, "contact_id": 66}
+        )
+        assert read["status"] == "ok", read
+        assert [r["range_id"] for r in read["data"]["timeranges"]] == [70001]
+        missing = await peer.request("schedule/301/timerange", {"action": "read"})
+        assert missing["error"]["code"] == "invalid_payload"
+        assert "no configured parent" in missing["error"]["message"]
+
+
+async def test_session_expiry_logs_in_again_once(
+    schedule_bridge: Callable[..., AbstractAsyncContextManager[Bridge]],
+    peer: Peer,
+    sensaphone: SensaphoneSimulator,
+) -> None:
+    async with schedule_bridge() as bridge:
+        assert (await peer.request("schedule/28487/timerange", "read"))["status"] == "ok"
+        sensaphone.expire_sessions()
+        assert (await peer.request("schedule/28487/timerange", "read"))["status"] == "ok"
+        assert sensaphone.logins == 2
+        body = await _metrics(bridge)
+        assert 'iotbridge_sensaphone_logins_total{kind="expired",outcome="ok"} 1.0' in body
+
+
+async def test_wrong_password_is_auth_failed_without_a_login_loop(
+    schedule_bridge: Callable[..., AbstractAsyncContextManager[Bridge]],
+    peer: Peer,
+    sensaphone: SensaphoneSimulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "not-the-password-123"
+    async with schedule_bridge(sensaphone_password=wrong) as bridge:
+        for _ in range(3):
+            result = await peer.request("schedule/28487/timerange", "read")
+            assert result["error"]["code"] == "auth_failed", result
+        assert sensaphone.logins == 1
+        body = await _metrics(bridge)
+    seen = caplog.text + body + json.dumps([m[1].decode() for m in peer.messages])
+    assert wrong not in seen
+    assert PASSWORD not in seen
+
+
+async def test_server_errors_and_throttling_are_retried(
+    schedule_bridge: Callable[..., AbstractAsyncContextManager[Bridge]],
+    peer: Peer,
+    sensaphone: SensaphoneSimulator,
+) -> None:
+    async with schedule_bridge() as bridge:
+        sensaphone.fail_next(2, status=500)
+        assert (await peer.request("schedule/28487/timerange", "read"))["status"] == "ok"
+        sensaphone.throttle_next(1, retry_after=0.3)
+        assert (await peer.request("schedule/28487/timerange", "read"))["status"] == "ok"
+        body = await _metrics(bridge)
+        assert 'iotbridge_upstream_retries_total{operation="read"' in body
+
+
+BAD_INPUT = [
+    ("schedule/28487/timerange", '{"action":"rename"}', "unknown_action", "rename"),
+    ("schedule/28487/timerange", '{"action":"update","end":"1"}', "invalid_payload", "range_id"),
+    ("schedule/28487/timerange", '{"action":"delete"}', "invalid_payload", "range_id"),
+    ("schedule/28487/timerange", '{"action":"create","interval":16511}', "invalid_payload",
+     "reserved"),
+    ("schedule/28487/timerange", '{"action":"create","interval":{"days":["funday"]}}',
+     "invalid_payload", "funday"),
+    ("schedule/28487/timerange", '{"action":"create","start":8}', "invalid_payload", "start"),
+    ("schedule/abc/timerange", "read", "invalid_topic", "schedule id"),
+]
+
+
+async def test_bad_input(
+    schedule_bridge: Callable[..., AbstractAsyncContextManager[Bridge]],
+    peer: Peer,
+    sensaphone: SensaphoneSimulator,
+) -> None:
+    async with schedule_bridge():
+        for topic, payload, code, message in BAD_INPUT:
+            result = await peer.request(topic, payload)
+            assert result["error"]["code"] == code, result
+            assert message in result["error"]["message"], result
+        assert (await peer.request("schedule/28487/timerange", "read"))["status"] == "ok"
+    assert sum(sensaphone.requests.values()) == 1  # bad input never reached the upstream
+
+
+async def _metrics(bridge: Bridge) -> str:
+    url = f"http://127.0.0.1:{bridge.probes.port}/metrics"
+
+    def fetch() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            return str(response.read().decode())
+
+    return await asyncio.to_thread(fetch)

@@ -1,0 +1,240 @@
+"""Home Assistant discovery: topics, payloads and removals as Home Assistant would receive them."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import msgspec
+import pytest
+
+from bridge import discovery
+from bridge.config import ScheduleParent, SensaphoneSettings, Settings
+from bridge.sessions import Outbound
+from bridge.topics import Topics
+
+# Required options per component, from https://www.home-assistant.io/integrations/<component>.mqtt
+# (plus `unique_id`, needed for an entity to belong to a device, and the device's identifiers).
+REQUIRED = {
+    "sensor": {"state_topic"},
+    "binary_sensor": {"state_topic"},
+    "button": {"command_topic"},
+    "event": {"state_topic", "event_types"},
+}
+TOPIC = re.compile(
+    r"(?P<prefix>.+)/(?P<component>[a-z_]+)/(?P<node>[A-Za-z0-9_-]+)/(?P<object>[A-Za-z0-9_-]+)/config"
+)
+
+
+def settings(numbers: list[int] | None = None, schedules: tuple[str, ...] = ("28487",)) -> Settings:
+    base = Settings()
+    return msgspec.structs.replace(
+        base,
+        pager=msgspec.structs.replace(base.pager, numbers=[66, 7] if numbers is None else numbers),
+        sensaphone=SensaphoneSettings(
+            schedules={s: ScheduleParent(device_id=1234) for s in schedules}
+        ),
+    )
+
+
+def messages(prefix: str = "", ha_prefix: str = "homeassistant", **kw: Any) -> list[Outbound]:
+    return discovery.discovery_messages(
+        settings(**kw), Topics(prefix), bridge_id="site-1", version="0.1.0", prefix=ha_prefix
+    )
+
+
+def payloads(out: list[Outbound]) -> dict[str, dict[str, Any]]:
+    return {m.topic: json.loads(m.payload) for m in out}
+
+
+def by_object(out: list[Outbound]) -> dict[str, tuple[str, dict[str, Any]]]:
+    found = {}
+    for message in out:
+        match = TOPIC.fullmatch(message.topic)
+        assert match is not None, message.topic
+        found[match["object"]] = (match["component"], json.loads(message.payload))
+    return found
+
+
+def test_topics_follow_the_discovery_layout() -> None:
+    out = messages()
+    for message in out:
+        match = TOPIC.fullmatch(message.topic)
+        assert match is not None, message.topic
+        assert match["prefix"] == "homeassistant"
+        assert match["node"] == "iotbridge_site-1"
+        assert message.retain is True
+    assert discovery.subscription("homeassistant", "site-1") == (
+        "homeassistant/+/iotbridge_site-1/+/config"
+    )
+
+
+def test_payloads_are_compact_json() -> None:
+    for message in messages():
+        assert (
+            message.payload
+            == json.dumps(
+                json.loads(message.payload), separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        )
+
+
+def test_every_payload_has_what_its_component_requires() -> None:
+    found = by_object(messages())
+    assert {component for component, _ in found.values()} == set(REQUIRED)
+    for component, payload in found.values():
+        assert REQUIRED[component] <= set(payload), (component, payload)
+        assert payload["device"]["identifiers"]
+        assert payload["origin"]["name"] == "iotbridge"
+        assert payload["origin"]["sw_version"] == "0.1.0"
+        assert payload["unique_id"]
+    event_types = [p["event_types"] for c, p in found.values() if c == "event"]
+    assert event_types == [["started", "paged", "cleared", "removed", "updated"]] * 2
+
+
+def test_unique_ids_are_unique_and_stable() -> None:
+    ids = [p["unique_id"] for p in payloads(messages()).values()]
+    assert len(ids) == len(set(ids))
+    assert ids == [p["unique_id"] for p in payloads(messages("elsewhere")).values()]
+    assert all(i.startswith("iotbridge_site-1_") for i in ids)
+
+
+@pytest.mark.parametrize(("prefix", "state"), [("", "bridge/state"), ("r1", "r1/bridge/state")])
+def test_availability_is_the_prefixed_bridge_state(prefix: str, state: str) -> None:
+    found = by_object(messages(prefix))
+    for object_id, (_, payload) in found.items():
+        if object_id == "connection":
+            # The connectivity sensor is the bridge state itself; it must be able to show off.
+            assert "availability" not in payload
+            assert payload["state_topic"] == state
+            assert (payload["payload_on"], payload["payload_off"]) == ("online", "offline")
+            continue
+        [availability] = payload["availability"]
+        assert availability["topic"] == state
+        assert (availability["payload_available"], availability["payload_not_available"]) == (
+            "online",
+            "offline",
+        )
+
+
+def test_topic_prefix_applies_to_every_bridge_topic() -> None:
+    for _, payload in by_object(messages("r1")).values():
+        for key in ("state_topic", "command_topic", "json_attributes_topic"):
+            if key in payload:
+                assert payload[key].startswith("r1/"), payload[key]
+
+
+def test_discovery_prefix_is_a_parameter() -> None:
+    out = messages(ha_prefix="ha/")
+    assert all(m.topic.startswith("ha/") and not m.topic.startswith("ha//") for m in out)
+
+
+def test_devices_bridge_transmitter_and_sensaphone() -> None:
+    found = by_object(messages())
+    bridge = found["connection"][1]["device"]
+    assert bridge["identifiers"] == ["iotbridge_site-1"]
+    assert "via_device" not in bridge
+    transmitter = found["pager_66_page"][1]["device"]
+    assert transmitter["model"] == "T7470"
+    assert transmitter["via_device"] == "iotbridge_site-1"
+    assert found["sessions"][1]["device"] == transmitter
+    assert found["schedule_28487_timeranges"][1]["device"]["via_device"] == "iotbridge_site-1"
+
+
+def test_statistics_sensors() -> None:
+    found = by_object(messages())
+    expected = {
+        "guests_served": ("total_increasing", None),
+        "percent_late": ("measurement", "%"),
+        "percent_on_time": ("measurement", "%"),
+        "average_time_served": ("measurement", "s"),
+        "sessions": ("measurement", None),
+    }
+    for object_id, (state_class, unit) in expected.items():
+        component, payload = found[object_id]
+        assert component == "sensor"
+        assert payload["state_topic"] == "pager/statistics"
+        assert payload["state_class"] == state_class
+        assert payload.get("unit_of_measurement") == unit
+        assert "value_json" in payload["value_template"]
+
+
+def test_pager_buttons_and_event() -> None:
+    found = by_object(messages())
+    for word in ("page", "clear"):
+        component, payload = found[f"pager_66_{word}"]
+        assert component == "button"
+        assert payload["command_topic"] == "pager/66/action"
+        assert payload["payload_press"] == word
+    component, event = found["pager_66_event"]
+    assert component == "event"
+    assert event["state_topic"] == "pager/66/event"
+    assert "'event_type': value_json.event" in event["value_template"]
+
+
+def test_schedule_sensor() -> None:
+    component, payload = by_object(messages())["schedule_28487_timeranges"]
+    assert component == "sensor"
+    assert (
+        payload["state_topic"] == payload["json_attributes_topic"] == ("schedule/28487/timeranges")
+    )
+    assert "timeranges | length" in payload["value_template"]
+    assert "json_attributes_template" in payload
+
+
+def test_a_pager_number_appears_only_in_its_own_entities() -> None:
+    for object_id, (_, payload) in by_object(messages(numbers=[66, 7, 660])).items():
+        text = json.dumps(payload)
+        for number in (66, 7, 660):
+            mentions = re.findall(rf"(?<![0-9]){number}(?![0-9])", text)
+            if object_id.startswith(f"pager_{number}_"):
+                assert mentions
+            else:
+                assert not mentions, (object_id, number)
+
+
+def test_invalid_and_duplicate_numbers_are_left_out() -> None:
+    found = by_object(messages(numbers=[5, 5, 0, 1000]))
+    assert sorted(o for o in found if o.startswith("pager_")) == [
+        "pager_5_clear",
+        "pager_5_event",
+        "pager_5_page",
+    ]
+
+
+def test_nothing_per_pager_or_schedule_when_none_configured() -> None:
+    found = by_object(messages(numbers=[], schedules=()))
+    assert set(found) == {
+        "connection",
+        "guests_served",
+        "percent_late",
+        "percent_on_time",
+        "average_time_served",
+        "sessions",
+    }
+
+
+def test_removals_empty_stale_configs_only() -> None:
+    before = messages(numbers=[66, 7])
+    now = messages(numbers=[66])
+    existing = [m.topic for m in before] + ["homeassistant/+/x/config", "homeassistant/status"]
+    removed = discovery.removals(existing, now)
+    assert removed == [
+        Outbound(f"homeassistant/{c}/iotbridge_site-1/pager_7_{o}/config", b"", True)
+        for c, o in (("button", "clear"), ("button", "page"), ("event", "event"))
+    ]
+    assert discovery.removals([m.topic for m in now], now) == []
+
+
+@pytest.mark.parametrize(
+    ("bridge_id", "node"),
+    [("site-1", "iotbridge_site-1"), ("a b/c+#", "iotbridge_a_b_c__"), ("x_1", "iotbridge_x_1")],
+)
+def test_node_id_is_safe(bridge_id: str, node: str) -> None:
+    assert discovery.node_id(bridge_id) == node
+
+
+def test_node_id_refuses_empty() -> None:
+    with pytest.raises(ValueError, match="bridge_id"):
+        discovery.node_id("")
