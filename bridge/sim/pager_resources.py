@@ -1,0 +1,219 @@
+"""The T7470's CoAP resources: requests in, `aiocoap.Message` replies out, over a `PagerDevice`.
+
+`bridge.sim.pager` mounts `DeviceResources.routes()` on its aiocoap site and adds Observe, the
+fault controls and the server lifecycle. Bodies must be compact JSON with Content-Format 50;
+every refusal answers `{"error": "<why>"}` (see `bridge.sim.pager` for the list).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import aiocoap
+import msgspec
+from aiocoap.numbers.codes import Code
+
+from bridge import t7470
+from bridge.sim.pager_device import DeviceError, PagerDevice
+
+_T = TypeVar("_T")
+Handler = Callable[[Any], Awaitable[Any]]
+Received = tuple[int, str, str | None]  # number, CoAP method, action ("alert" for /v1/page)
+Changed = Callable[[list[t7470.Session]], list[t7470.Session]]
+
+_CODES: Final = {
+    f"{c >> 5}.{c & 0x1F:02d}": Code(c) for c in (65, 66, 67, 68, 69, 128, 132, 133, 143)
+}
+_CREATE = msgspec.json.Decoder(t7470.CreateSession)
+_UPDATE = msgspec.json.Decoder(t7470.UpdateSession)
+_PAGE = msgspec.json.Decoder(t7470.StandalonePage)
+_SETTINGS = msgspec.json.Decoder(t7470.Settings)
+_WHITESPACE: Final = frozenset(b" \t\r\n")
+
+
+class DeviceResources:
+    """Handlers for every resource but /v1/notify. `changed` and `broadcast` reach observers."""
+
+    def __init__(
+        self,
+        device: PagerDevice,
+        changed: Changed,
+        broadcast: Callable[[bytes], None],
+        received: collections.deque[Received],
+    ) -> None:
+        self.device = device
+        self._changed = changed
+        self._broadcast = broadcast
+        self.received = received
+
+    def routes(self) -> list[tuple[tuple[str, ...], Handler]]:
+        return [
+            (("v1", "sessions"), self._sessions),
+            (("v1", "sessions", "history"), self._history),
+            (("v1", "sessions", "statistics"), self._statistics),
+            (("v1", "page"), self._page),
+            (("v1", "settings"), self._settings),
+        ]
+
+    def _log(self, number: int | None, method: str, action: str | None) -> None:
+        if number is not None:
+            self.received.append((number, method, action))
+
+    def _sessions_reply(self, code: str, sessions: list[t7470.Session]) -> Any:
+        stats = self.device.statistics()
+        envelope = self.device.envelope(
+            ["sessions", "statistics"], sessions=sessions, statistics=stats
+        )
+        return reply(code, envelope)
+
+    async def _sessions(self, request: Any) -> Any:
+        number = _number(request, self.device)
+        match request.code:
+            case Code.GET:
+                return self._get_sessions(request, number)
+            case Code.POST:
+                body = _body(request, _CREATE)
+                self._log(body.number, "POST", body.action)
+                return self._sessions_reply("2.01", self._changed(self.device.create(body)))
+            case Code.PUT:
+                if number is None:
+                    raise DeviceError("4.00", "query parameter number is required")
+                update = _body(request, _UPDATE)
+                self._log(number, "PUT", update.action)
+                return self._sessions_reply(
+                    "2.04", self._changed(self.device.update(number, update))
+                )
+            case Code.DELETE:
+                self._log(number, "DELETE", None)
+                ended = self.device.clear_all() if number is None else self.device.delete(number)
+                return self._sessions_reply("2.02", self._changed(ended))
+        raise DeviceError("4.05", "method not allowed on /v1/sessions")
+
+    def _get_sessions(self, request: Any, number: int | None) -> Any:
+        if number is not None:
+            self._log(number, "GET", None)
+            return self._sessions_reply("2.05", self.device.sessions(number))
+        etag = self.device.etag
+        if etag in request.opt.etags:
+            return aiocoap.Message(code=Code.VALID, etag=etag)
+        answer = self._sessions_reply("2.05", self.device.sessions())
+        answer.opt.etag = etag
+        return answer
+
+    async def _history(self, request: Any) -> Any:
+        if request.code == Code.GET:
+            history = list(self.device.history)
+            return reply("2.05", self.device.envelope(["session_history"], session_history=history))
+        if request.code == Code.DELETE:
+            self.device.clear_history()
+            return aiocoap.Message(code=Code.DELETED)
+        raise DeviceError("4.05", "method not allowed on /v1/sessions/history")
+
+    async def _statistics(self, request: Any) -> Any:
+        if request.code == Code.GET:
+            statistics = self.device.statistics()
+            code = "2.05"
+        elif request.code == Code.DELETE:
+            statistics = self.device.clear_statistics()
+            code = "2.02"
+        else:
+            raise DeviceError("4.05", "method not allowed on /v1/sessions/statistics")
+        return reply(code, self.device.envelope(["statistics"], statistics=statistics))
+
+    async def _page(self, request: Any) -> Any:
+        if request.code != Code.POST:
+            raise DeviceError("4.05", "method not allowed on /v1/page")
+        body = _body(request, _PAGE)
+        self._log(body.number, "POST", "alert")
+        self.device.standalone_page(body)
+        return aiocoap.Message(code=Code.CHANGED)
+
+    async def _settings(self, request: Any) -> Any:
+        if request.code == Code.GET:
+            settings = self.device.current_settings()
+            return reply("2.05", self.device.envelope(["settings"], settings=settings))
+        if request.code == Code.POST:
+            settings = self.device.update_settings(_body(request, _SETTINGS))
+            envelope = self.device.envelope(["settings"], settings=settings)
+            payload = t7470.encode(envelope)
+            self._broadcast(payload)
+            return reply("2.04", envelope)
+        raise DeviceError("4.05", "method not allowed on /v1/settings")
+
+
+def reply(code: str, envelope: t7470.Envelope) -> Any:
+    return aiocoap.Message(
+        code=_CODES[code],
+        payload=t7470.encode(envelope),
+        content_format=t7470.CONTENT_FORMAT_JSON,
+    )
+
+
+def error(exc: DeviceError) -> Any:
+    return aiocoap.Message(
+        code=_CODES[exc.code],
+        payload=msgspec.json.encode({"error": exc.message}),
+        content_format=t7470.CONTENT_FORMAT_JSON,
+    )
+
+
+def notify_action(request: Any, *, observable: bool) -> str | None:
+    action = query(request).get("action")
+    if not observable:
+        raise DeviceError("4.04", "Observe is not available on this transmitter")
+    if request.code != Code.GET:
+        raise DeviceError("4.05", "method not allowed on /v1/notify")
+    if action not in (None, "get_sessions"):
+        raise DeviceError("4.00", f"unknown action {action!r} (expected get_sessions)")
+    return action
+
+
+def query(request: Any) -> dict[str, str]:
+    return dict(item.partition("=")[::2] for item in request.opt.uri_query)
+
+
+def _number(request: Any, device: PagerDevice) -> int | None:
+    text = query(request).get("number")
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise DeviceError("4.00", f"number must be a positive integer, got {text!r}")
+    return device.check_number(int(text))
+
+
+def _body(request: Any, decoder: msgspec.json.Decoder[_T]) -> _T:
+    payload = request.payload
+    if not payload:
+        raise DeviceError("4.00", "request body is required")
+    if request.opt.content_format != t7470.CONTENT_FORMAT_JSON:
+        raise DeviceError("4.15", "request body must have Content-Format 50 (application/json)")
+    if not is_compact(payload):
+        raise DeviceError("4.00", "request body must be compact JSON")
+    try:
+        return decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise DeviceError("4.00", f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise DeviceError("4.00", f"request body is not valid JSON: {exc}") from None
+
+
+def is_compact(payload: bytes) -> bool:
+    """True when no whitespace appears outside JSON strings (what the device demands)."""
+    if not _WHITESPACE.intersection(payload):
+        return True
+    in_string = escaped = False
+    for byte in payload:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in _WHITESPACE:
+            return False
+    return True

@@ -1,0 +1,60 @@
+"""Adapter-tier fixtures: a T7470 simulator on a free loopback UDP port and a client for it.
+
+Also `call` and `only`, the helpers the simulator tests speak through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from bridge.coap import Transmitter
+from bridge.sim.pager import PagerSimulator
+
+SESSIONS = "/v1/sessions"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[PagerSimulator]:
+    """A running simulator with fast pings (0.2 s), stopped after the test."""
+    simulator = PagerSimulator(port=0, ping_interval=0.2)
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
+@pytest.fixture
+async def tx(sim: PagerSimulator) -> AsyncIterator[Transmitter]:
+    """A started transmitter client for `sim` with a short timeout."""
+    client = Transmitter(sim.uri, timeout=2.0)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def call(
+    tx: Transmitter,
+    method: str,
+    path: str = SESSIONS,
+    *,
+    number: int | None = None,
+    body: dict[str, Any] | bytes | None = None,
+) -> tuple[str, Any]:
+    """One request; returns the code and the decoded JSON body (None when empty)."""
+    payload = msgspec.json.encode(body) if isinstance(body, dict) else body
+    query = {"number": number} if number is not None else None
+    reply = await tx.request(method, path, query=query, body=payload)
+    return reply.code, msgspec.json.decode(reply.payload) if reply.payload else None
+
+
+def only(body: Any) -> dict[str, Any]:
+    sessions = body["sessions"]
+    assert len(sessions) == 1
+    return dict(sessions[0])
