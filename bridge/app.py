@@ -17,6 +17,7 @@ from bridge.coap import Transmitter
 from bridge.config import Settings
 from bridge.dispatch import Dispatcher
 from bridge.errors import InvalidPayload
+from bridge.homeassistant import HomeAssistant
 from bridge.metrics import Metrics
 from bridge.mqtt import MqttLink
 from bridge.pager import PagerService
@@ -62,6 +63,11 @@ class Bridge:
         self.dispatcher = Dispatcher(
             router, self.link, self._execute, self.metrics, settings.limits
         )
+        if settings.discovery.enabled:
+            self.homeassistant = HomeAssistant(settings, self.topics, self._publish_all)
+            self.link.watch(self.homeassistant.existing_filter, self.homeassistant.message)
+            self.link.watch(self.homeassistant.status_topic, self.homeassistant.message)
+            self.link.on_connect(self.homeassistant.connected)
         self.probes = ProbeServer(settings.http.addr, self.metrics, lambda: self.link.ready)
         self._drain_timeout = settings.limits.drain_timeout
         self._stop = asyncio.Event()

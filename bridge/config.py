@@ -131,6 +131,14 @@ class LogSettings(Section, frozen=True):
     format: Literal["text", "json"] = "text"
 
 
+class DiscoverySettings(Section, frozen=True):
+    # Home Assistant MQTT discovery: off unless asked for (the demo turns it on).
+    enabled: bool = False
+    prefix: str = "homeassistant"
+    # Node id in discovery topics and unique ids; empty means the MQTT client id.
+    node: str = ""
+
+
 class Settings(Section, frozen=True):
     topic_prefix: str = ""
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
@@ -139,9 +147,10 @@ class Settings(Section, frozen=True):
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    discovery: DiscoverySettings = msgspec.field(default_factory=DiscoverySettings)
 
 
-_SECTIONS = ("mqtt", "pager", "sensaphone", "http", "limits", "log")
+_SECTIONS = ("mqtt", "pager", "sensaphone", "http", "limits", "log", "discovery")
 # The documented short names (PRODUCT.md), mapped to their place in the settings.
 _ALIASES = {
     "IOTBRIDGE_TOPIC_PREFIX": ("topic_prefix",),

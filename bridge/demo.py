@@ -46,6 +46,7 @@ def run_demo(*, mqtt_port: int = 1883, http_port: int = 9464) -> int:
         IOTBRIDGE_MQTT_CLIENT_ID="iotbridge-demo",
         IOTBRIDGE_PAGER_URL=f"coap://127.0.0.1:{coap_port}",
         IOTBRIDGE_PAGER_NUMBERS="1,2,3,66",
+        IOTBRIDGE_DISCOVERY_ENABLED="true",
         IOTBRIDGE_SENSAPHONE_URL=f"http://127.0.0.1:{rest_port}/api/v1",
         IOTBRIDGE_SENSAPHONE_USER="demo",
         IOTBRIDGE_SENSAPHONE_PASSWORD=DEMO_PASSWORD,

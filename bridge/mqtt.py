@@ -74,6 +74,7 @@ class Inbound:
 
 Handler = Callable[[Inbound], Awaitable[None]]
 ConnectHook = Callable[[], Awaitable[None]]
+Watcher = Callable[[str, bytes], None]
 
 
 class LinkDown(BridgeError):
@@ -104,6 +105,7 @@ class MqttLink:
         self._stopping = False
         self._waiters = asyncio.Semaphore(buffer)
         self._on_connect: list[ConnectHook] = []
+        self._watchers: list[tuple[aiomqtt.Topic | aiomqtt.Wildcard, str, Watcher]] = []
         self.ready = False
 
     @property
@@ -117,6 +119,10 @@ class MqttLink:
     def on_connect(self, hook: ConnectHook) -> None:
         """Run `hook` after every (re)connect, once subscriptions are in place."""
         self._on_connect.append(hook)
+
+    def watch(self, topic_filter: str, watcher: Watcher) -> None:
+        """Also subscribe to `topic_filter` (never shared) and pass its messages to `watcher`."""
+        self._watchers.append((aiomqtt.Wildcard(topic_filter), topic_filter, watcher))
 
     # -- connection lifecycle --------------------------------------------------------------
 
@@ -158,13 +164,28 @@ class MqttLink:
             for hook in self._on_connect:
                 await hook()
             async for message in client.messages:
-                if message.topic.value.startswith("$SYS/"):
-                    self._broker_fact(message)
+                if self._watched(message):
+                    # Not a command: nothing to answer, so acknowledged at once.
+                    if message.qos:
+                        client._client.ack(message.mid, message.qos)  # noqa: SLF001
                     continue
                 if self._stopping:
                     # Intake stopped for shutdown: left unacknowledged, redelivered next time.
                     continue
                 await handler(Inbound(message, generation))
+
+    def _watched(self, message: aiomqtt.Message) -> bool:
+        """Handle non-command messages (broker facts, watchers); True if it was one."""
+        topic = message.topic
+        if topic.value.startswith("$SYS/"):
+            self._broker_fact(message)
+            return True
+        for wildcard, _, watcher in self._watchers:
+            if topic.matches(wildcard):
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                watcher(topic.value, payload)
+                return True
+        return False
 
     def _broker_fact(self, message: aiomqtt.Message) -> None:
         payload = message.payload
@@ -189,6 +210,8 @@ class MqttLink:
         if any(c == 0 for c in codes):
             log.warning("broker granted QoS 0 only; commands may be lost: %s", codes)
         self.ready = True
+        for _, topic_filter, _ in self._watchers:
+            await client.subscribe(topic_filter, qos=1, timeout=self._op)
         if self._settings.broker_stats:
             # Mosquitto counts messages it dropped (queue limits) here; other brokers may not.
             # A refusal (ACL) only costs the metric, so it is not an error.
@@ -208,7 +231,7 @@ class MqttLink:
         will = aiomqtt.Will(self._topics.bridge_state, models.OFFLINE, qos=1, retain=True)
         kwargs: dict[str, object] = {}
         if self.v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = _properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self._settings.session_expiry
             props.ReceiveMaximum = self._receive_maximum
             kwargs.update(protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props)
@@ -230,6 +253,9 @@ class MqttLink:
         )
         # See the module docstring: acknowledge only once the result is out.
         client._client.manual_ack_set(True)  # noqa: SLF001
+        # aiomqtt warns past 10 outstanding publishes; with a window of commands in flight, each
+        # publishing a result, an event and state, many more are normal.
+        client.pending_calls_threshold = 8 * self._receive_maximum
         return client
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -244,7 +270,11 @@ class MqttLink:
         self._stopping = True
 
     async def close(self) -> None:
-        """Publish offline and unsubscribe; the caller then cancels `run()` to disconnect."""
+        """Publish offline; the caller then cancels `run()` to disconnect.
+
+        The subscriptions stay: they belong to the persistent session, which keeps collecting
+        commands for the bridge while it is away.
+        """
         self._stopping = True
         client = self._client
         if client is not None:
@@ -252,7 +282,6 @@ class MqttLink:
                 await client.publish(
                     self._topics.bridge_state, models.OFFLINE, qos=1, retain=True, timeout=2
                 )
-                await client.unsubscribe(self._topics.subscriptions(self._settings.shared_group))
             except aiomqtt.MqttError as exc:
                 log.warning("could not publish offline state: %s", _describe(exc))
 
@@ -279,7 +308,7 @@ class MqttLink:
             raise ValueError(f"refusing to publish to {topic!r}")
         props = None
         if correlation is not None and self.v5:
-            props = Properties(PacketTypes.PUBLISH)
+            props = _properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation
         client = self._client
         if client is not None and self._up.is_set():
@@ -316,6 +345,10 @@ class MqttLink:
                     return
         self._metrics.outbound_dropped.inc()
         raise LinkDown(f"broker unreachable for {deadline:.0f} s; message to {topic} not sent")
+
+
+def _properties(packet: int) -> Properties:
+    return Properties(packet)  # type: ignore[no-untyped-call] # paho leaves it unannotated
 
 
 def _reason(exc: aiomqtt.MqttError) -> str:

@@ -71,7 +71,8 @@ class PagerService:
 
     async def execute(self, number: int, command: models.Command) -> Any:
         """Carry out a `pager/<number>/action` command; return the result's `data`."""
-        query = {"number": number}
+        query: dict[str, str | int] = {"number": number}
+        body: t7470.Wire
         match command:
             case models.Start():
                 body = t7470.CreateSession(

@@ -64,10 +64,10 @@ class ScheduleService:
                 created = await self._client.delete(schedule_id, parent, command.range_id)
             case _:
                 raise InvalidPayload(f"not a timerange command: {type(command).__name__}")
-        ranges = await self._read_back(schedule_id, parent)
+        after = await self._read_back(schedule_id, parent)
         data: dict[str, Any] = {"changed": _builtins(created)}
-        if ranges is not None:
-            data["timeranges"] = _ranges_out(ranges)
+        if after is not None:
+            data["timeranges"] = _ranges_out(after)
         return data
 
     def parent_of(self, schedule_id: int, command: models.ScheduleCommand) -> Parent:

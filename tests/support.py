@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Self
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -33,7 +33,7 @@ class Peer:
         self._task: asyncio.Task[None] | None = None
         self._tx = itertools.count(1)
 
-    async def __aenter__(self) -> Peer:
+    async def __aenter__(self) -> Self:
         protocol = aiomqtt.ProtocolVersion.V5 if self.v5 else aiomqtt.ProtocolVersion.V311
         self._client = aiomqtt.Client(
             "127.0.0.1",
@@ -93,7 +93,9 @@ class Peer:
             result_topic = f"{topic}/result"
             await self.publish(topic, payload)
             message = await self.wait_for(
-                lambda m: m[0] == result_topic and json.loads(m[1]).get("transaction") == transaction,
+                lambda m: (
+                    m[0] == result_topic and json.loads(m[1]).get("transaction") == transaction
+                ),
                 timeout,
             )
             return dict(json.loads(message[1]))
@@ -105,7 +107,7 @@ class Peer:
         return dict(json.loads(message[1]))
 
     async def request_v5(self, topic: str, payload: str, response_topic: str) -> Received:
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ResponseTopic = response_topic
         props.CorrelationData = b"corr-1"
         await self.publish(topic, payload, properties=props)
@@ -120,8 +122,11 @@ class Peer:
 
 def settings(**env: str) -> config.Settings:
     """Settings from IOTBRIDGE_* variables given as keyword arguments (without the prefix)."""
-    base = {"IOTBRIDGE_HTTP_ADDR": "127.0.0.1:0", "IOTBRIDGE_MQTT_RECONNECT_MIN": "0.05",
-            "IOTBRIDGE_MQTT_RECONNECT_MAX": "0.5"}
+    base = {
+        "IOTBRIDGE_HTTP_ADDR": "127.0.0.1:0",
+        "IOTBRIDGE_MQTT_RECONNECT_MIN": "0.05",
+        "IOTBRIDGE_MQTT_RECONNECT_MAX": "0.5",
+    }
     base.update({f"IOTBRIDGE_{k.upper()}": v for k, v in env.items()})
     return config.load(base)
 

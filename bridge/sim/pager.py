@@ -251,7 +251,12 @@ class PagerSimulator:
 
     def _broadcast(self, payload: bytes) -> None:
         for observer in list(self._observers):
-            observer.send(payload)
+            try:
+                observer.send(payload)
+            except TypeError:
+                # aiocoap's pipe raises this once the observer's interest has ended but before
+                # its render task was cancelled: the client is gone, forget it.
+                self._observers.discard(observer)
 
     async def _ping_loop(self) -> None:
         while True:

@@ -20,7 +20,7 @@ from bridge.errors import AuthFailed, UpstreamError, UpstreamTimeout, UpstreamUn
 from bridge.sensaphone import Parent, SensaphoneClient, TimeRange
 from bridge.sim.sensaphone import SensaphoneSimulator
 
-PASSWORD = "demo-password"  # noqa: S105 - the simulator's demo account
+PASSWORD = "demo-password"
 DEVICE = Parent("default_schedule", device_id=1234)
 CONTACT = Parent("contact_schedule", user_id=55, contact_id=66)
 SCHEDULES = [(28487, DEVICE), (300, CONTACT), (500, Parent("device_schedule", device_id=1234))]
@@ -246,7 +246,7 @@ async def test_concurrent_commands_share_one_login(
 async def test_wrong_password_backs_off_instead_of_looping(
     make_client: MakeClient, sim: SensaphoneSimulator, recorder: Recorder
 ) -> None:
-    client = make_client(password="wrong-secret", auth_backoff=(0.3, 60.0))  # noqa: S106
+    client = make_client(password="wrong-secret", auth_backoff=(0.3, 60.0))
     with pytest.raises(AuthFailed) as info:
         await client.read(28487, DEVICE)
     assert info.value.detail == {"code": 7, "message": "Invalid user name or password"}
@@ -358,7 +358,7 @@ async def test_password_never_appears_in_errors_or_logs(
     make_client: MakeClient, sim: SensaphoneSimulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    secret = "s3cr3t-Pa55word"  # noqa: S105 - a test credential
+    secret = "s3cr3t-Pa55word"
     sim.store.accounts["demo"] = (secret, 987654)
     texts: list[str] = []
     wrong = make_client(password=secret + "-not", auth_backoff=(0.01, 0.01))

@@ -48,8 +48,8 @@ EXPORTED_METRICS = {
     "iotbridge_upstream_retries_total",
 }
 # Made-up passwords that must never show up outside the Secret.
-MQTT_SECRET = "mqtt-s3cret-value"  # noqa: S105 - a test value, not a credential
-SENSAPHONE_SECRET = "sensaphone-s3cret-value"  # noqa: S105 - same
+MQTT_SECRET = "mqtt-s3cret-value"
+SENSAPHONE_SECRET = "sensaphone-s3cret-value"
 WITH_PASSWORDS = {
     "mqtt": {"password": MQTT_SECRET, "username": "bridge"},
     "sensaphone": {"user": "ops@example.com", "password": SENSAPHONE_SECRET},

@@ -1,4 +1,4 @@
-"""End-to-end fixtures: a real Mosquitto, the T7470 simulator over UDP, the bridge, a user's client."""
+"""End-to-end fixtures: real Mosquitto, the T7470 simulator over UDP, the bridge, a client."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def bridge_settings(broker: Mosquitto, pager_sim: PagerSimulator) -> Callable[..
             "mqtt_url": f"mqtt://127.0.0.1:{broker.port}",
             "mqtt_client_id": "iotbridge-test",
             "pager_url": f"coap://127.0.0.1:{pager_sim.port}",
-            "pager_timeout": "1.5",
+            # Long enough for one CoAP retransmission (ACK_TIMEOUT 2-3 s): packets do get lost.
+            "pager_timeout": "5",
             "pager_poll_interval": "0.2",
         }
         return settings(**(base | env))

@@ -24,8 +24,12 @@ BAD_INPUT = [
     ("pager/-3/action", "page", "invalid_topic", "positive integer"),
     ("pager/100000/action", "page", "invalid_topic", "between 1 and 999"),
     ("pager/5/action", "x" * 20000, "invalid_payload", "the limit is 16384"),
-    ("pager/5/action", json.dumps({"action": "start", "label": "L" * 65}), "invalid_payload",
-     "label is 65 characters"),
+    (
+        "pager/5/action",
+        json.dumps({"action": "start", "label": "L" * 65}),
+        "invalid_payload",
+        "label is 65 characters",
+    ),
 ]
 
 
@@ -40,7 +44,10 @@ async def test_bad_input_gets_clear_errors_and_the_bridge_keeps_serving(
     ok = await peer.request("pager/5/action", {"action": "start"})
     assert ok["status"] == "ok"
     body = await _get(bridge, "/metrics")
-    assert 'iotbridge_commands_total{action="none",outcome="invalid_topic",route="invalid"} 3.0' in body
+    assert (
+        'iotbridge_commands_total{action="none",outcome="invalid_topic",route="invalid"} 3.0'
+        in body
+    )
     assert 'outcome="unknown_action",route="pager"' not in body  # not routed: counted as invalid
 
 
@@ -114,8 +121,9 @@ async def test_commands_sent_while_the_bridge_is_down_are_carried_out(
         await peer.publish(f"pager/{number}/action", json.dumps({"action": "start"}))
     async with bridge_at():
         for number in (51, 52, 53):
-            message = await peer.wait_for(lambda m, n=number: m[0] == f"pager/{n}/action/result")
-            assert json.loads(message[1])["status"] == "ok"
+            topic = f"pager/{number}/action/result"
+            message = await peer.wait_for(lambda m: m[0] == topic)  # noqa: B023 - awaited here
+            assert json.loads(message[1])["status"] == "ok", message[1]
 
 
 async def test_upstream_timeout(
@@ -138,7 +146,7 @@ async def test_broker_restart(bridge: Bridge, broker: Mosquitto) -> None:
         await peer.wait_for(lambda m: m[0] == "bridge/state" and b"online" in m[1], 15)
         result = await peer.request("pager/61/action", {"action": "start"})
         assert result["status"] == "ok"
-    assert 'iotbridge_mqtt_reconnects_total' in await _get(bridge, "/metrics")
+    assert "iotbridge_mqtt_reconnects_total" in await _get(bridge, "/metrics")
 
 
 async def _get(bridge: Bridge, path: str) -> str:
@@ -146,7 +154,7 @@ async def _get(bridge: Bridge, path: str) -> str:
     url = f"http://127.0.0.1:{bridge.probes.port}{path}"
 
     def fetch() -> str:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=5) as response:
             return str(response.read().decode())
 
     return await asyncio.to_thread(fetch)

@@ -58,11 +58,15 @@ async def test_remove_delete_and_alert(bridge: Bridge, peer: Peer) -> None:
         assert (await peer.request(f"pager/{number}/action", {"action": "start"}))["status"] == "ok"
         result = await peer.request(f"pager/{number}/action", {"action": how})
         assert result["status"] == "ok", result
-        await peer.wait_for(lambda m, n=number: m[0] == f"pager/{n}/event" and b"removed" in m[1])
+        event_topic = f"pager/{number}/event"
+        await peer.wait_for(lambda m: m[0] == event_topic and b"removed" in m[1])  # noqa: B023
         assert event_names(peer, number) == ["started", "removed"]
     alert = await peer.request("pager/12/action", {"action": "alert", "message": "Table ready"})
-    assert alert == {"status": "ok", "transaction": alert["transaction"],
-                     "data": {"number": 12, "paged": True}}
+    assert alert == {
+        "status": "ok",
+        "transaction": alert["transaction"],
+        "data": {"number": 12, "paged": True},
+    }
 
 
 async def test_start_and_page_at_once(bridge: Bridge, peer: Peer) -> None:

@@ -35,7 +35,7 @@ class BridgeProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(  # noqa: S603
+        self.process = subprocess.Popen(
             [sys.executable, "-m", "bridge", "run"],
             env=self.env,
             stdout=subprocess.DEVNULL,

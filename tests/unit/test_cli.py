@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def iotbridge(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("IOTBRIDGE_")}
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [sys.executable, "-m", "bridge", *args],
         env=clean | env,
         capture_output=True,

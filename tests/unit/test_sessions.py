@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from bridge import t7470
-from bridge.sessions import SessionTracker
+from bridge.sessions import Outbound, SessionTracker
 from bridge.topics import Topics
 
 
@@ -14,7 +14,7 @@ def session(state: str, seq: int, **fields: object) -> t7470.Session:
     return t7470.Session(state=state, **(base | fields))  # type: ignore[arg-type]
 
 
-def events(out: list[tuple[str, bytes, bool]]) -> list[str]:
+def events(out: list[Outbound]) -> list[str]:
     return [json.loads(o[1])["event"] for o in out if o[0].endswith("/event")]
 
 
@@ -34,8 +34,12 @@ def test_lifecycle_publishes_events_and_retained_state() -> None:
         "event": "cleared",
         "number": 66,
         "session": {
-            "id": 48, "sessionSequence": 4, "number": 66, "label": "Sarah",
-            "state": "cleared", "clearType": "STOP",
+            "id": 48,
+            "sessionSequence": 4,
+            "number": 66,
+            "label": "Sarah",
+            "state": "cleared",
+            "clearType": "STOP",
         },
     }
 

@@ -1,0 +1,80 @@
+"""Home Assistant discovery at run time: announce on connect and on HA's birth, retire leftovers.
+
+The payloads are built by `bridge.discovery` (pure). This feature decides when to publish them:
+after every (re)connect, once the retained configs published earlier have had a moment to arrive
+(those no longer in the configuration are emptied, so HA removes their entities), and whenever
+Home Assistant announces `online` on `<prefix>/status` (it has restarted and forgotten them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from bridge import __version__, discovery
+from bridge.config import Settings, client_id_or_default
+from bridge.errors import BridgeError
+from bridge.sessions import Outbound
+from bridge.topics import Topics
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[list[Outbound]], Awaitable[None]]
+# Retained messages arrive right after SUBACK; this is how long to collect them.
+SETTLE = 0.5
+
+
+class HomeAssistant:
+    """Keeps Home Assistant's view of the bridge's devices and entities current."""
+
+    def __init__(self, settings: Settings, topics: Topics, publish: Publish) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._publish = publish
+        self.prefix = settings.discovery.prefix
+        self.bridge_id = settings.discovery.node or client_id_or_default(settings.mqtt)
+        self.existing_filter = discovery.subscription(self.prefix, self.bridge_id)
+        self.status_topic = f"{self.prefix}/status"
+        self._seen: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._retiring = False
+
+    def current(self) -> list[Outbound]:
+        return discovery.discovery_messages(
+            self._settings,
+            self._topics,
+            bridge_id=self.bridge_id,
+            version=__version__,
+            prefix=self.prefix,
+        )
+
+    async def connected(self) -> None:
+        """After a (re)connect: collect what is retained, then announce."""
+        self._seen.clear()
+        self._schedule(SETTLE, retire=True)
+
+    def message(self, topic: str, payload: bytes) -> None:
+        """A message on one of this feature's subscriptions."""
+        if topic == self.status_topic:
+            if payload.strip() == b"online":
+                self._schedule(SETTLE, retire=False)
+        elif payload:
+            self._seen.add(topic)
+
+    def _schedule(self, delay: float, *, retire: bool) -> None:
+        if self._task is not None and not self._task.done():
+            retire = retire or self._retiring
+            self._task.cancel()
+        self._retiring = retire
+        self._task = asyncio.create_task(self._announce(delay, retire=retire))
+
+    async def _announce(self, delay: float, *, retire: bool) -> None:
+        await asyncio.sleep(delay)
+        messages = self.current()
+        if retire:
+            messages += discovery.removals(self._seen, messages)
+        try:
+            await self._publish(messages)
+        except BridgeError as exc:
+            log.warning("Home Assistant discovery not published: %s", exc.message)
