@@ -24,6 +24,7 @@ from bridge import models
 from bridge.answers import Answers
 from bridge.config import LimitSettings
 from bridge.errors import BridgeError, Expired
+from bridge.logs import correlation_id
 from bridge.metrics import Metrics
 from bridge.mqtt import Inbound
 from bridge.routing import Request, Router, transaction_of
@@ -118,6 +119,7 @@ class Dispatcher:
     async def _process(self, inbound: Inbound, request: Request) -> None:
         command = request.command
         route, action = _ROUTES[type(request.target)], str(command.__struct_config__.tag)
+        correlation_id.set(_correlation(command.transaction, inbound))
         key = Answers.key(inbound.topic, command.transaction, inbound.correlation)
         earlier = self._answers.get(key)
         if earlier is not None:
@@ -136,6 +138,8 @@ class Dispatcher:
             result = _error_result(BridgeError(f"internal error: {exc}"), command.transaction)
         payload = models.ENCODER.encode(result)
         self._answers.put(key, payload)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s on %s: %s", route, action, inbound.topic, _outcome(result))
         await self._finish(inbound, payload, route, action, _outcome(result))
 
     async def _deadletter(
@@ -209,6 +213,13 @@ class Dispatcher:
             sends.append(self._link.publish(response, payload, correlation=inbound.correlation))
         if sends:
             await asyncio.gather(*sends)
+
+
+def _correlation(transaction: str | int | None, inbound: Inbound) -> str:
+    """The command's transaction if it has one, else a short id of its own."""
+    if transaction is not None:
+        return str(transaction)[:64]
+    return f"m{inbound.generation}-{inbound.mid}"
 
 
 def _outcome(result: models.Result) -> str:

@@ -9,10 +9,20 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextvars import ContextVar
 
 import msgspec
 
 _ENCODER = msgspec.json.Encoder()
+
+# The command being worked on in this task, so every log line about it can be tied together.
+correlation_id: ContextVar[str] = ContextVar("correlation_id", default="-")
+
+
+class _Correlation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.correlation_id = correlation_id.get()
+        return True
 
 
 class _Scrubber(logging.Filter):
@@ -41,6 +51,9 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        cid = getattr(record, "correlation_id", "-")
+        if cid != "-":
+            entry["correlation_id"] = cid
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _ENCODER.encode(entry).decode()
@@ -49,10 +62,12 @@ class _JsonFormatter(logging.Formatter):
 def configure(level: str, fmt: str, secrets: list[str]) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Scrubber(secrets))
+    handler.addFilter(_Correlation())
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        text = "%(asctime)s %(levelname)-7s %(name)s [%(correlation_id)s] %(message)s"
+        handler.setFormatter(logging.Formatter(text))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
