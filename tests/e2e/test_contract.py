@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import urllib.request
+from collections.abc import Callable
 
 import pytest
 
 from bridge.app import Bridge
 from bridge.broker import Mosquitto
+from bridge.config import Settings
 from bridge.sim.pager import PagerSimulator
 from tests.e2e.conftest import BridgeFactory
-from tests.support import Peer
+from tests.support import Peer, running
 
 pytestmark = pytest.mark.broker
 
@@ -158,3 +161,43 @@ async def _get(bridge: Bridge, path: str) -> str:
             return str(response.read().decode())
 
     return await asyncio.to_thread(fetch)
+
+
+async def test_mqtt_socket_has_nagle_off(bridge: Bridge) -> None:
+    client = bridge.link._client
+    assert client is not None
+    sock = client._client.socket()
+    assert isinstance(sock, socket.socket)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+async def test_transmitter_restart(bridge: Bridge, peer: Peer, pager_sim: PagerSimulator) -> None:
+    assert (await peer.request("pager/70/action", {"action": "start"}))["status"] == "ok"
+    await pager_sim.stop()  # the device is powered off: ICMP port unreachable
+    down = await peer.request("pager/71/action", {"action": "start"})
+    assert down["error"]["code"] in {"upstream_unavailable", "upstream_timeout"}
+    restarted = PagerSimulator(port=pager_sim.port, ping_interval=0.5)
+    await restarted.start()
+    try:
+        back = await peer.request("pager/72/action", {"action": "start"})
+        assert back["status"] == "ok", back
+    finally:
+        await restarted.stop()
+
+
+async def test_polling_when_observe_is_unavailable(
+    broker: Mosquitto, bridge_settings: Callable[..., Settings], peer: Peer
+) -> None:
+    sim = PagerSimulator(port=0, observe=False)
+    await sim.start()
+    try:
+        env = {"pager_url": f"coap://127.0.0.1:{sim.port}", "pager_poll_interval": "0.2"}
+        async with running(Bridge(bridge_settings(**env))) as bridge:
+            sim.console_create(33, label="Walk-in")
+            await peer.wait_for(lambda m: m[0] == "pager/33/event" and b'"started"' in m[1])
+            sim.console_remove(33)
+            await peer.wait_for(lambda m: m[0] == "pager/33/event" and b'"removed"' in m[1])
+            body = await _get(bridge, "/metrics")
+            assert 'iotbridge_pager_watch_mode{mode="poll"} 1.0' in body
+    finally:
+        await sim.stop()
