@@ -139,6 +139,18 @@ class DiscoverySettings(Section, frozen=True):
     node: str = ""
 
 
+class SiteSettings(Section, frozen=True):
+    """One site of a multi-site process: its own transmitter, account, prefix and limits."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    # Defaults to the site's name: `<name>/pager/<number>/action`.
+    topic_prefix: str | None = None
+    pager: PagerSettings = msgspec.field(default_factory=PagerSettings)
+    # Optional: a site without a Sensaphone account answers schedule commands with an error.
+    sensaphone: SensaphoneSettings | None = None
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=10000)] | None = None
+
+
 class Settings(Section, frozen=True):
     topic_prefix: str = ""
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
@@ -148,6 +160,8 @@ class Settings(Section, frozen=True):
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     discovery: DiscoverySettings = msgspec.field(default_factory=DiscoverySettings)
+    # Many sites in one process. Empty (the default): one site from the settings above.
+    sites: list[SiteSettings] = msgspec.field(default_factory=list)
 
 
 _SECTIONS = ("mqtt", "pager", "sensaphone", "http", "limits", "log", "discovery")
@@ -283,6 +297,37 @@ def _check(settings: Settings) -> None:
     for key in settings.sensaphone.schedules:
         if not key.isdigit():
             raise ConfigError(f"configuration: sensaphone.schedules.{key}: ids are numbers")
+
+
+def per_site(settings: Settings) -> list[tuple[str, Settings]]:
+    """Each site's complete settings, so a site is built exactly like a single-site bridge.
+
+    A site gets its own MQTT client id (`<client id>-<site>`), so its persistent session, its
+    back-pressure and its failures are its own: one slow transmitter never delays another site.
+    """
+    if not settings.sites:
+        return [("default", settings)]
+    base_id = client_id_or_default(settings.mqtt)
+    out = []
+    for site in settings.sites:
+        limits = settings.limits
+        if site.max_in_flight is not None:
+            limits = msgspec.structs.replace(limits, max_in_flight=site.max_in_flight)
+        out.append(
+            (
+                site.name,
+                msgspec.structs.replace(
+                    settings,
+                    topic_prefix=site.name if site.topic_prefix is None else site.topic_prefix,
+                    mqtt=msgspec.structs.replace(settings.mqtt, client_id=f"{base_id}-{site.name}"),
+                    pager=site.pager,
+                    sensaphone=site.sensaphone or SensaphoneSettings(),
+                    limits=limits,
+                    sites=[],
+                ),
+            )
+        )
+    return out
 
 
 class BrokerAddress(msgspec.Struct, frozen=True, kw_only=True):

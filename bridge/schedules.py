@@ -16,7 +16,7 @@ import msgspec
 
 from bridge import models
 from bridge.config import SensaphoneSettings
-from bridge.errors import BridgeError, InvalidPayload
+from bridge.errors import BridgeError, InvalidPayload, InvalidTopic
 from bridge.interval import Interval, decode_interval, encode_interval, parse_interval
 from bridge.sensaphone import Parent, SensaphoneClient, TimeRange
 from bridge.sessions import Outbound
@@ -40,6 +40,7 @@ class ScheduleService:
         self._client = client
         self._publish = publish
         self._topics = topics
+        self._account = bool(settings.user)
         self._configured = {
             int(key): Parent.from_settings(value) for key, value in settings.schedules.items()
         }
@@ -48,6 +49,8 @@ class ScheduleService:
         """Carry out one timerange command; return the result's `data`."""
         if not isinstance(command, models.ScheduleCommand):
             raise InvalidPayload(f"not a timerange command: {type(command).__name__}")
+        if not self._account:
+            raise InvalidTopic("no Sensaphone account is configured here (sensaphone.user)")
         parent = self.parent_of(schedule_id, command)
         match command:
             case models.ReadRanges():

@@ -137,7 +137,7 @@ async def running(bridge: Bridge) -> AsyncIterator[Bridge]:
     task = asyncio.create_task(bridge.run(install_signals=False))
     try:
         async with asyncio.timeout(10):
-            while not bridge.link.ready:
+            while not bridge.ready:
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.01)

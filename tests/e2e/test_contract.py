@@ -143,7 +143,7 @@ async def test_upstream_timeout(
 async def test_broker_restart(bridge: Bridge, broker: Mosquitto) -> None:
     broker.kill()
     await asyncio.sleep(0.3)
-    assert not bridge.link.ready
+    assert not bridge.ready
     broker.start()
     async with Peer(broker.port) as peer:
         await peer.wait_for(lambda m: m[0] == "bridge/state" and b"online" in m[1], 15)
@@ -164,7 +164,7 @@ async def _get(bridge: Bridge, path: str) -> str:
 
 
 async def test_mqtt_socket_has_nagle_off(bridge: Bridge) -> None:
-    client = bridge.link._client
+    client = bridge.sites[0].link._client
     assert client is not None
     sock = client._client.socket()
     assert isinstance(sock, socket.socket)

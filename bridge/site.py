@@ -1,0 +1,87 @@
+"""One site: a broker session, a transmitter, a Sensaphone account, their features and dispatch.
+
+A single-site bridge is one `Site`; a multi-site process runs several side by side, each with its
+own MQTT session (client id), in-flight limit and circuit breakers, so a slow or dead transmitter
+only ever holds up its own site. Constructing a site does no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bridge.coap import Transmitter
+from bridge.config import Settings
+from bridge.dispatch import Dispatcher
+from bridge.errors import InvalidPayload
+from bridge.homeassistant import HomeAssistant
+from bridge.metrics import Metrics
+from bridge.mqtt import MqttLink
+from bridge.pager import PagerService
+from bridge.routing import Request, Router
+from bridge.schedules import ScheduleService
+from bridge.sensaphone import SensaphoneClient
+from bridge.sessions import Outbound
+from bridge.topics import BaseTopic, PagerTopic, ScheduleTopic, Topics
+
+
+class Site:
+    """Everything that serves one topic prefix."""
+
+    def __init__(self, name: str, settings: Settings, metrics: Metrics) -> None:
+        self.name = name
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix, max_number=settings.pager.max_number)
+        self.link = MqttLink(
+            settings.mqtt, self.topics, metrics, receive_maximum=settings.limits.max_in_flight
+        )
+        self.transmitter = Transmitter(
+            settings.pager.url,
+            timeout=settings.pager.timeout,
+            rotate_after=settings.pager.rotate_after,
+        )
+        self.pager = PagerService(
+            self.transmitter, self.publish_all, self.topics, metrics, settings.pager
+        )
+        self.sensaphone = SensaphoneClient(
+            settings.sensaphone, metrics=metrics.sensaphone_observer()
+        )
+        self.schedules = ScheduleService(
+            self.sensaphone, self.publish_all, self.topics, settings.sensaphone
+        )
+        router = Router(self.topics, settings.pager, settings.limits)
+        self.dispatcher = Dispatcher(router, self.link, self._execute, metrics, settings.limits)
+        self.homeassistant: HomeAssistant | None = None
+        if settings.discovery.enabled:
+            self.homeassistant = HomeAssistant(settings, self.topics, self.publish_all)
+            self.link.watch(self.homeassistant.existing_filter, self.homeassistant.message)
+            self.link.watch(self.homeassistant.status_topic, self.homeassistant.message)
+            self.link.on_connect(self.homeassistant.connected)
+
+    async def _execute(self, request: Request) -> Any:
+        match request.target:
+            case PagerTopic(number=number):
+                return await self.pager.execute(number, request.command)
+            case BaseTopic():
+                return await self.pager.execute_base(request.command)
+            case ScheduleTopic(schedule_id=schedule_id):
+                return await self.schedules.execute(schedule_id, request.command)
+        raise InvalidPayload("unroutable command")  # pragma: no cover - the match is exhaustive
+
+    async def publish_all(self, out: list[Outbound]) -> None:
+        await asyncio.gather(*(self.link.publish(o.topic, o.payload, retain=o.retain) for o in out))
+
+    def start_loops(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        return [
+            group.create_task(self.link.run(self.dispatcher.submit), name=f"mqtt-{self.name}"),
+            group.create_task(self.pager.watch(), name=f"pager-watch-{self.name}"),
+        ]
+
+    async def drain(self) -> bool:
+        """Stop taking commands and let those in flight finish; False if the deadline passed."""
+        self.link.stop_intake()
+        return await self.dispatcher.drain(self.settings.limits.drain_timeout)
+
+    async def close(self) -> None:
+        await self.transmitter.close()
+        await self.sensaphone.close()
