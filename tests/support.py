@@ -28,6 +28,8 @@ class Peer:
         self.port = port
         self.v5 = v5
         self.messages: list[Received] = []
+        # Results by transaction, each decoded once as it arrives (a list: duplicates show).
+        self.results: dict[str, list[dict[str, Any]]] = {}
         self._changed = asyncio.Condition()
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
@@ -60,11 +62,27 @@ class Peer:
         assert self._client is not None
         async for message in self._client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
+            if message.topic.value.endswith("/result"):
+                self._note_result(payload)
             async with self._changed:
                 self.messages.append(
                     (message.topic.value, payload, message.retain, message.properties)
                 )
                 self._changed.notify_all()
+
+    def _note_result(self, payload: bytes) -> None:
+        try:
+            result = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(result, dict) and "transaction" in result:
+            self.results.setdefault(str(result["transaction"]), []).append(result)
+
+    async def wait_answered(self, transactions: set[str], timeout: float = 30.0) -> None:
+        """Wait until every transaction in `transactions` has at least one result."""
+        async with asyncio.timeout(timeout), self._changed:
+            while not transactions <= self.results.keys():
+                await self._changed.wait()
 
     async def publish(
         self, topic: str, payload: bytes | str, *, properties: Properties | None = None
