@@ -22,10 +22,6 @@ from bridge.broker import free_port
 PYTHON = sys.executable
 
 
-class SingleSiteOnly(Exception):
-    """The bridge cannot serve this many transmitters from one process (yet)."""
-
-
 class BridgeConfig(NamedTuple):
     """How to start the bridge: environment, YAML for IOTBRIDGE_CONFIG (may be empty), and the
     site topic prefixes the load generator must publish under (empty: no prefix)."""
@@ -38,15 +34,12 @@ class BridgeConfig(NamedTuple):
 def bridge_config(
     transmitter_ports: list[int], broker_port: int, *, client_id: str, max_number: int
 ) -> BridgeConfig:
-    """The bridge's configuration for these transmitters. Raises SingleSiteOnly for several.
+    """The bridge's configuration for these transmitters.
 
-    To be switched to multi-site (`IOTBRIDGE_CONFIG` YAML with `sites:`) when the bridge has it:
-    one site per transmitter, site i with topic prefix f"site{i}" and pager URL of port i; pager
-    n belongs to site n mod len(ports) (the load generator and the reference bridge agree), and
-    return the prefixes in `BridgeConfig.prefixes`.
+    One transmitter: the plain single-site configuration. Several: one process with one site per
+    transmitter (`sites:` in the YAML), site i with topic prefix f"site{i}"; pager n belongs to
+    site n mod len(ports) (the load generator and the reference bridge agree).
     """
-    if len(transmitter_ports) != 1:
-        raise SingleSiteOnly("bridge: single-site only")
     env = {
         "IOTBRIDGE_MQTT_URL": f"mqtt://127.0.0.1:{broker_port}",
         "IOTBRIDGE_MQTT_CLIENT_ID": client_id,
@@ -54,7 +47,15 @@ def bridge_config(
         "IOTBRIDGE_PAGER_MAX_NUMBER": str(max_number),
         "IOTBRIDGE_HTTP_ADDR": "127.0.0.1:0",
     }
-    return BridgeConfig(env, "")
+    if len(transmitter_ports) == 1:
+        return BridgeConfig(env, "")
+    del env["IOTBRIDGE_PAGER_URL"], env["IOTBRIDGE_PAGER_MAX_NUMBER"]
+    lines = ["sites:"]
+    for i, port in enumerate(transmitter_ports):
+        lines.append(f"  - name: site{i}")
+        lines.append(f'    pager: {{url: "coap://127.0.0.1:{port}", max_number: {max_number}}}')
+    prefixes = tuple(f"site{i}" for i in range(len(transmitter_ports)))
+    return BridgeConfig(env, "\n".join(lines) + "\n", prefixes)
 
 
 class Child:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import processes, procstat, profile
-from benchmarks.processes import Child, SingleSiteOnly
+from benchmarks.processes import Child
 from bridge.broker import Mosquitto
 
 READY_TIMEOUT = 30.0
@@ -186,17 +186,14 @@ def load_scenario(
 ) -> dict[str, Any]:
     """`kind` (bridge|minimal) under `inflight` commands at once across `transmitters` sims."""
     name = f"inflight{inflight}-tx{transmitters}" + ("-profile" if profiled else "")
-    try:
-        with _setup(opts, name, kind, inflight, transmitters, opts.pagers) as setup:
-            stack, target, load, _ = setup
-            count = opts.count(inflight)
-            load.ask({"cmd": "run", "count": opts.warmup(inflight), "max_seconds": 60}, 120)
-            during = None
-            if profiled and opts.profile_out is not None:
-                during = profile.attach(target.pid, opts.profile_out)
-            return measure(stack, load, count, opts.max_seconds, target.name, during)
-    except SingleSiteOnly as exc:
-        return {"skipped": str(exc)}
+    with _setup(opts, name, kind, inflight, transmitters, opts.pagers) as setup:
+        stack, target, load, _ = setup
+        count = opts.count(inflight)
+        load.ask({"cmd": "run", "count": opts.warmup(inflight), "max_seconds": 60}, 120)
+        during = None
+        if profiled and opts.profile_out is not None:
+            during = profile.attach(target.pid, opts.profile_out)
+        return measure(stack, load, count, opts.max_seconds, target.name, during)
 
 
 def sessions_scenario(opts: Options, kind: str, inflight: int, sessions: int) -> dict[str, Any]:
