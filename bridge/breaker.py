@@ -3,7 +3,9 @@
 closed ──(`failures` timeouts/unreachables in a row)──▶ open ──(`cooldown` s)──▶ half-open
 half-open: one request goes through as a probe; success closes the circuit, failure reopens it.
 While open (and while a probe is out) requests fail at once with `upstream_unavailable`, so a
-dead transmitter costs each command microseconds instead of a full CoAP timeout.
+dead transmitter costs each command microseconds instead of a full CoAP timeout. Requests that
+were let through while closed but still wait for their turn (the transmitter takes one at a
+time) are checked again with `recheck()` when their turn comes, so they too fail at once.
 Only "no answer" failures count: an upstream that answers with an error is up.
 """
 
@@ -14,6 +16,11 @@ from typing import Final, Literal
 
 from bridge.errors import UpstreamUnavailable
 from bridge.metrics import Metrics
+
+
+class CircuitOpen(UpstreamUnavailable):
+    """Refused by an open circuit: not a failure of the upstream, so not counted as one."""
+
 
 State = Literal["closed", "open", "half_open"]
 STATE_VALUE: Final = {"closed": 0, "open": 1, "half_open": 2}
@@ -50,6 +57,13 @@ class CircuitBreaker:
         if self._probing:
             raise UpstreamUnavailable(f"{self._upstream} circuit half-open; a probe is under way")
         self._probing = True
+
+    def recheck(self) -> None:
+        """Raise CircuitOpen if the circuit opened since this request passed `before()`."""
+        if self.state == "open":
+            raise CircuitOpen(
+                f"{self._upstream} circuit opened while this request waited; not sent"
+            )
 
     def success(self) -> None:
         self._failures = 0

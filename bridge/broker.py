@@ -7,11 +7,17 @@ ones the README asks of any broker in front of the bridge; each was measured on 
   subscriber are dropped silently. Raised well above the bridge's in-flight window.
 - `max_inflight_messages`: 20 by default; a bridge that acknowledges a command only after its
   result is published can then hold only 20 commands at once. Raised to match `max_in_flight`.
+
+`user` is set to whoever starts the broker: started as root, Mosquitto otherwise drops to the
+`mosquitto` user, which cannot write the private temporary directory, so the log and the
+persistence database were silently never written (and with `autosave_on_changes` the failing
+saves stalled delivery altogether). As a non-root user the option has no effect.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess
@@ -49,9 +55,26 @@ def port_is_free(port: int) -> bool:
 class Mosquitto:
     """Start, kill and restart a Mosquitto on a loopback port, with persistence on disk."""
 
-    def __init__(self, port: int = 0, *, extra: str = "", executable: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        extra: str = "",
+        executable: str | None = None,
+        tls: tuple[str, str] | None = None,
+        password_file: str | None = None,
+        acl_file: str | None = None,
+    ) -> None:
+        """`tls` is (certificate, key) PEM paths: the listener then speaks TLS only.
+
+        `password_file` (made with `mosquitto_passwd`) turns anonymous access off; `acl_file`
+        limits what each user may read and write. All three stay off by default (the demo).
+        """
         self.port = port or free_port()
         self.extra = extra
+        self.tls = tls
+        self.password_file = password_file
+        self.acl_file = acl_file
         self.executable = executable or shutil.which("mosquitto") or MOSQUITTO
         self._dir = Path(tempfile.mkdtemp(prefix="iotbridge-mosquitto-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -67,7 +90,8 @@ class Mosquitto:
     def write_config(self) -> Path:
         self.config_path.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"{self._security()}"
+            f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {self._dir}/\n"
             "autosave_interval 1\n"
@@ -77,6 +101,18 @@ class Mosquitto:
             encoding="utf-8",
         )
         return self.config_path
+
+    def _security(self) -> str:
+        lines = []
+        if self.tls is not None:
+            lines += [f"certfile {self.tls[0]}", f"keyfile {self.tls[1]}"]
+        if self.password_file is not None:
+            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
+        return "".join(f"{line}\n" for line in lines)
 
     def start(self, timeout: float = 10.0) -> Self:
         if not Path(self.executable).exists():

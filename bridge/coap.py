@@ -33,7 +33,7 @@ import collections
 import contextlib
 import logging
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -138,9 +138,13 @@ class Transmitter:
         query: Mapping[str, str | int] | None = None,
         body: bytes | None = None,
         etag: bytes | None = None,
+        gate: Callable[[], None] | None = None,
     ) -> CoapReply:
         """One confirmable exchange; exchanges are serialised, `timeout` applies to each.
 
+        `gate`, if given, is called once this request's turn has come, before anything is sent;
+        whatever it raises ends the request unsent (the circuit breaker uses it: a request
+        queued behind others while the device went dark must not wait out its own timeout).
         Raises UpstreamTimeout, UpstreamUnavailable or UpstreamError (malformed exchange);
         a 4.xx/5.xx answer is returned, not raised.
         """
@@ -148,6 +152,8 @@ class Transmitter:
         if code is None:
             raise ValueError(f"unsupported CoAP method {method!r}")
         async with self._lock:
+            if gate is not None:
+                gate()
             endpoint = self._current
             if endpoint is None or endpoint.used >= self._rotate_after:
                 if endpoint is not None:

@@ -13,18 +13,24 @@ What it guarantees to the rest of the bridge:
   (with Nagle on, every command waits ~40-88 ms on delayed ACKs).
 - `publish()` waits for the broker's PUBACK and rides out a reconnect: while the link is down,
   publishes wait (bounded by `buffer` waiters; beyond that they are refused and counted).
+- A lost connection is noticed at once, even while the reader waits for the dispatcher to take
+  a message (a full in-flight window), a publish waits for its PUBACK or the set-up for a
+  SUBACK (aiomqtt itself waits out its timeout). Without that, a window full of commands whose
+  results wait for the link keeps the reader from reconnecting (a deadlock until the publish
+  deadline), and a PUBACK lost with the connection holds its publish for the whole `op_timeout`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, TypeVar
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -40,6 +46,7 @@ log = logging.getLogger(__name__)
 
 NODELAY: Final = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 BROKER_DROPPED: Final = "$SYS/broker/publish/messages/dropped"
+T = TypeVar("T")
 
 
 class Inbound:
@@ -138,8 +145,17 @@ class MqttLink:
                 await self._session(handler)
                 attempt = 0
             except aiomqtt.MqttError as exc:
-                self._metrics.mqtt_connect_failures.labels(_reason(exc)).inc()
-                log.warning("MQTT link down: %s", _describe(exc))
+                reason = _reason(exc)
+                self._metrics.mqtt_connect_failures.labels(reason).inc()
+                if reason == "not_authorized":
+                    log.warning(
+                        "MQTT broker refused our credentials or client id (user %r): %s; "
+                        "check mqtt.username/password; retrying with backoff",
+                        broker_address(self._settings).username,
+                        _describe(exc),
+                    )
+                else:
+                    log.warning("MQTT link down: %s", _describe(exc))
             finally:
                 self._went_down()
             if self._stopping:
@@ -154,10 +170,11 @@ class MqttLink:
             self._generation += 1
             generation = self._generation
             self._client = client
-            await self._subscribe(client)
-            await client.publish(
+            await _until_lost(client, self._subscribe(client))
+            online = client.publish(
                 self._topics.bridge_state, models.ONLINE, qos=1, retain=True, timeout=self._op
             )
+            await _until_lost(client, online)
             self._up.set()
             self._metrics.mqtt_connected.set(1)
             log.info("MQTT connected as %s, subscribed", self.client_id)
@@ -172,7 +189,8 @@ class MqttLink:
                 if self._stopping:
                     # Intake stopped for shutdown: left unacknowledged, redelivered next time.
                     continue
-                await handler(Inbound(message, generation))
+                # A message the handler had not taken when the link dropped is redelivered.
+                await _until_lost(client, handler(Inbound(message, generation)))
 
     def _watched(self, message: aiomqtt.Message) -> bool:
         """Handle non-command messages (broker facts, watchers); True if it was one."""
@@ -313,7 +331,9 @@ class MqttLink:
         client = self._client
         if client is not None and self._up.is_set():
             try:
-                await client.publish(topic, payload, qos=1, retain=retain, properties=props)
+                await _until_lost(
+                    client, client.publish(topic, payload, qos=1, retain=retain, properties=props)
+                )
             except aiomqtt.MqttError:
                 pass  # the link dropped mid-publish: fall through to wait for the next one
             else:
@@ -337,7 +357,10 @@ class MqttLink:
                 if client is None:
                     continue
                 try:
-                    await client.publish(topic, payload, qos=1, retain=retain, properties=props)
+                    await _until_lost(
+                        client,
+                        client.publish(topic, payload, qos=1, retain=retain, properties=props),
+                    )
                 except aiomqtt.MqttError:
                     self._up.clear()
                     await asyncio.sleep(0.05)
@@ -345,6 +368,26 @@ class MqttLink:
                     return
         self._metrics.outbound_dropped.inc()
         raise LinkDown(f"broker unreachable for {deadline:.0f} s; message to {topic} not sent")
+
+
+async def _until_lost(client: aiomqtt.Client, work: Awaitable[T]) -> T:
+    """Await `work`, but give up with MqttError as soon as `client`'s connection is lost.
+
+    `work` must be safe to cancel at its await points (dispatch's `submit` waits only for a slot).
+    """
+    lost = client._disconnected  # noqa: SLF001 - aiomqtt's own "connection ended" future
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+        await task
+    raise aiomqtt.MqttError("connection to the broker lost")
 
 
 def _properties(packet: int) -> Properties:

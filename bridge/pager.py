@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from bridge import models, t7470
-from bridge.breaker import CircuitBreaker
+from bridge.breaker import CircuitBreaker, CircuitOpen
 from bridge.coap import CoapReply, Transmitter
 from bridge.config import PagerSettings
 from bridge.errors import (
@@ -192,7 +192,13 @@ class PagerService:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            reply = await self._tx.request(method, path, query=query, body=payload, etag=etag)
+            reply = await self._tx.request(
+                method, path, query=query, body=payload, etag=etag, gate=self.breaker.recheck
+            )
+        except CircuitOpen as exc:
+            outcome = exc.code
+            self.breaker.release()
+            raise
         except (UpstreamTimeout, UpstreamUnavailable) as exc:
             outcome = exc.code
             self.breaker.failure()
