@@ -66,6 +66,19 @@ class SessionTracker:
         present = {s.number for s in sessions}
         return [n for n in self.active if n not in present]
 
+    def retained(self) -> list[Outbound]:
+        """All retained state the tracker stands behind: active sessions and statistics.
+
+        Republished after every reconnect, in case the broker lost its retained store.
+        """
+        out = [
+            Outbound(self._topics.pager_session(number), ENCODER.encode(session), True)
+            for number, session in self.active.items()
+        ]
+        if self._statistics is not None:
+            out.append(Outbound(self._topics.statistics, self._statistics, True))
+        return out
+
     def statistics(self, statistics: t7470.Statistics | None) -> list[Outbound]:
         """Retained `pager/statistics`, only when it changed."""
         if statistics is None:

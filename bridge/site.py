@@ -8,12 +8,13 @@ only ever holds up its own site. Constructing a site does no I/O.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from bridge.coap import Transmitter
 from bridge.config import Settings
 from bridge.dispatch import Dispatcher
-from bridge.errors import InvalidPayload
+from bridge.errors import BridgeError, InvalidPayload
 from bridge.homeassistant import HomeAssistant
 from bridge.metrics import Metrics
 from bridge.mqtt import MqttLink
@@ -23,6 +24,8 @@ from bridge.schedules import ScheduleService
 from bridge.sensaphone import SensaphoneClient
 from bridge.sessions import Outbound
 from bridge.topics import BaseTopic, PagerTopic, ScheduleTopic, Topics
+
+log = logging.getLogger(__name__)
 
 
 class Site:
@@ -51,6 +54,8 @@ class Site:
         )
         router = Router(self.topics, settings.pager, settings.limits)
         self.dispatcher = Dispatcher(router, self.link, self._execute, metrics, settings.limits)
+        self.link.on_connect(self._connected)
+        self._republishing: asyncio.Task[None] | None = None
         self.homeassistant: HomeAssistant | None = None
         if settings.discovery.enabled:
             self.homeassistant = HomeAssistant(settings, self.topics, self.publish_all)
@@ -67,6 +72,16 @@ class Site:
             case ScheduleTopic(schedule_id=schedule_id):
                 return await self.schedules.execute(schedule_id, request.command)
         raise InvalidPayload("unroutable command")  # pragma: no cover - the match is exhaustive
+
+    async def _connected(self) -> None:
+        # In a task: the message loop must start at once, however much state there is.
+        self._republishing = asyncio.create_task(self._republish(), name=f"republish-{self.name}")
+
+    async def _republish(self) -> None:
+        try:
+            await self.publish_all(self.pager.tracker.retained())
+        except BridgeError as exc:
+            log.warning("retained state not republished after reconnect: %s", exc.message)
 
     async def publish_all(self, out: list[Outbound]) -> None:
         await asyncio.gather(*(self.link.publish(o.topic, o.payload, retain=o.retain) for o in out))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Self
 
@@ -136,6 +137,17 @@ class Peer:
 
     def payloads(self, topic: str) -> list[Any]:
         return [json.loads(m[1]) if m[1] else None for m in self.on(topic)]
+
+
+async def http_get(bridge: Bridge, path: str) -> str:
+    """GET from the bridge's HTTP server, off the event loop the bridge runs on."""
+    url = f"http://127.0.0.1:{bridge.probes.port}{path}"
+
+    def fetch() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    return await asyncio.to_thread(fetch)
 
 
 def settings(**env: str) -> config.Settings:

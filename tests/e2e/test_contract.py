@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -15,7 +14,7 @@ from bridge.broker import Mosquitto
 from bridge.config import Settings
 from bridge.sim.pager import PagerSimulator
 from tests.e2e.conftest import BridgeFactory
-from tests.support import Peer, running
+from tests.support import Peer, http_get, running
 
 pytestmark = pytest.mark.broker
 
@@ -46,7 +45,7 @@ async def test_bad_input_gets_clear_errors_and_the_bridge_keeps_serving(
         assert message in result["error"]["message"], (payload, result)
     ok = await peer.request("pager/5/action", {"action": "start"})
     assert ok["status"] == "ok"
-    body = await _get(bridge, "/metrics")
+    body = await http_get(bridge, "/metrics")
     assert (
         'iotbridge_commands_total{action="none",outcome="invalid_topic",route="invalid"} 3.0'
         in body
@@ -102,9 +101,9 @@ async def test_bridge_state_online_then_offline(
 async def test_probes_and_metrics(bridge: Bridge, peer: Peer) -> None:
     await peer.request("pager/30/action", {"action": "start"})
     await peer.request("pager/31/action", {"action": "page"})
-    assert await _get(bridge, "/livez") == "ok\n"
-    assert await _get(bridge, "/readyz") == "ready\n"
-    body = await _get(bridge, "/metrics")
+    assert await http_get(bridge, "/livez") == "ok\n"
+    assert await http_get(bridge, "/readyz") == "ready\n"
+    body = await http_get(bridge, "/metrics")
     assert 'iotbridge_commands_total{action="start",outcome="ok",route="pager"} 1.0' in body
     assert 'iotbridge_commands_total{action="page",outcome="upstream_error",route="pager"}' in body
     assert "iotbridge_mqtt_connected 1.0" in body
@@ -149,18 +148,7 @@ async def test_broker_restart(bridge: Bridge, broker: Mosquitto) -> None:
         await peer.wait_for(lambda m: m[0] == "bridge/state" and b"online" in m[1], 15)
         result = await peer.request("pager/61/action", {"action": "start"})
         assert result["status"] == "ok"
-    assert "iotbridge_mqtt_reconnects_total" in await _get(bridge, "/metrics")
-
-
-async def _get(bridge: Bridge, path: str) -> str:
-    """GET from the bridge's HTTP server, off the event loop the bridge runs on."""
-    url = f"http://127.0.0.1:{bridge.probes.port}{path}"
-
-    def fetch() -> str:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return str(response.read().decode())
-
-    return await asyncio.to_thread(fetch)
+    assert "iotbridge_mqtt_reconnects_total" in await http_get(bridge, "/metrics")
 
 
 async def test_mqtt_socket_has_nagle_off(bridge: Bridge) -> None:
@@ -197,7 +185,7 @@ async def test_polling_when_observe_is_unavailable(
             await peer.wait_for(lambda m: m[0] == "pager/33/event" and b'"started"' in m[1])
             sim.console_remove(33)
             await peer.wait_for(lambda m: m[0] == "pager/33/event" and b'"removed"' in m[1])
-            body = await _get(bridge, "/metrics")
+            body = await http_get(bridge, "/metrics")
             assert 'iotbridge_pager_watch_mode{mode="poll"} 1.0' in body
     finally:
         await sim.stop()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -14,7 +12,7 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.sim.sensaphone import SensaphoneSimulator
-from tests.support import Peer
+from tests.support import Peer, http_get
 
 pytestmark = pytest.mark.broker
 
@@ -127,7 +125,7 @@ async def test_session_expiry_logs_in_again_once(
         sensaphone.expire_sessions()
         assert (await peer.request("schedule/28487/timerange", "read"))["status"] == "ok"
         assert sensaphone.logins == 2
-        body = await _metrics(bridge)
+        body = await http_get(bridge, "/metrics")
         assert 'iotbridge_sensaphone_logins_total{kind="expired",outcome="ok"} 1.0' in body
 
 
@@ -144,7 +142,7 @@ async def test_wrong_password_is_auth_failed_without_a_login_loop(
             result = await peer.request("schedule/28487/timerange", "read")
             assert result["error"]["code"] == "auth_failed", result
         assert sensaphone.logins == 1
-        body = await _metrics(bridge)
+        body = await http_get(bridge, "/metrics")
     seen = caplog.text + body + json.dumps([m[1].decode() for m in peer.messages])
     assert wrong not in seen
     assert PASSWORD not in seen
@@ -160,7 +158,7 @@ async def test_server_errors_and_throttling_are_retried(
         assert (await peer.request("schedule/28487/timerange", "read"))["status"] == "ok"
         sensaphone.throttle_next(1, retry_after=0.3)
         assert (await peer.request("schedule/28487/timerange", "read"))["status"] == "ok"
-        body = await _metrics(bridge)
+        body = await http_get(bridge, "/metrics")
         assert 'iotbridge_upstream_retries_total{operation="read"' in body
 
 
@@ -200,13 +198,3 @@ async def test_bad_input(
     calls = {mode: n for (mode, _), n in sensaphone.requests.items()}
     assert sum(calls.values()) == 2
     assert calls["login"] == 1
-
-
-async def _metrics(bridge: Bridge) -> str:
-    url = f"http://127.0.0.1:{bridge.probes.port}/metrics"
-
-    def fetch() -> str:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return str(response.read().decode())
-
-    return await asyncio.to_thread(fetch)

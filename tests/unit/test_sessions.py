@@ -79,3 +79,13 @@ def test_statistics_only_when_changed() -> None:
     stats = t7470.Statistics(guestsServed=1, numSessions=2)
     assert [o.topic for o in tracker.statistics(stats)] == ["x/pager/statistics"]
     assert tracker.statistics(stats) == []
+
+
+def test_retained_snapshot_for_republishing() -> None:
+    tracker = SessionTracker(Topics())
+    tracker.apply([session("started", 1)])
+    tracker.statistics(t7470.Statistics(numSessions=1))
+    assert [(o.topic, o.retain) for o in tracker.retained()] == [
+        ("pager/66/session", True),
+        ("pager/statistics", True),
+    ]

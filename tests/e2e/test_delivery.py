@@ -1,0 +1,76 @@
+"""Delivery guarantees as a client sees them: stale commands, duplicates, dead letters, state."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from bridge.app import Bridge
+from bridge.broker import Mosquitto
+from bridge.sim.pager import PagerSimulator
+from tests.e2e.conftest import BridgeFactory
+from tests.support import Peer, http_get
+
+pytestmark = pytest.mark.broker
+
+
+async def test_a_stale_command_is_expired_not_sent(
+    bridge: Bridge, peer: Peer, pager_sim: PagerSimulator
+) -> None:
+    old = time.time() - 600
+    result = await peer.request("pager/40/action", {"action": "alert", "sent_at": old})
+    assert result["error"]["code"] == "expired"
+    assert "older than 300 s" in result["error"]["message"]
+    fresh = await peer.request("pager/40/action", {"action": "alert", "sent_at": time.time()})
+    assert fresh["status"] == "ok"
+    assert [r[0] for r in pager_sim.received] == [40]  # only the fresh one reached the device
+
+
+async def test_a_redelivered_command_is_answered_not_repeated(
+    bridge: Bridge, peer: Peer, pager_sim: PagerSimulator
+) -> None:
+    body = json.dumps({"action": "alert", "transaction": "once"})
+    await peer.publish("pager/41/action", body)
+    await peer.publish("pager/41/action", body)  # as after a redelivery
+    await peer.wait_for(lambda _: len(peer.results.get("once", [])) == 2)
+    first, second = peer.results["once"]
+    assert first == second
+    assert first["status"] == "ok"
+    assert [r[0] for r in pager_sim.received] == [41]
+    assert 'outcome="duplicate"' in await http_get(bridge, "/metrics")
+
+
+async def test_no_answer_goes_to_the_dead_letter_topic(
+    bridge_at: BridgeFactory, peer: Peer, pager_sim: PagerSimulator
+) -> None:
+    async with bridge_at(pager_timeout="0.3"):
+        await pager_sim.set_silent(True)
+        result = await peer.request("pager/42/action", {"action": "page"})
+        assert result["error"]["code"] == "upstream_timeout"
+        assert result["error"]["detail"]["deadletter"] == "bridge/deadletter"
+        letter = json.loads((await peer.wait_for(lambda m: m[0] == "bridge/deadletter"))[1])
+        assert letter["topic"] == "pager/42/action"
+        assert json.loads(letter["payload"])["transaction"] == result["transaction"]
+        assert letter["error"]["code"] == "upstream_timeout"
+        await pager_sim.set_silent(False)
+
+
+async def test_retained_state_is_republished_after_the_broker_lost_it(
+    broker: Mosquitto, bridge: Bridge
+) -> None:
+    async with Peer(broker.port) as peer:
+        assert (await peer.request("pager/43/action", {"action": "start"}))["status"] == "ok"
+    # A broker that comes back without its store: retained messages are gone.
+    broker.kill()
+    broker.cleanup()
+    fresh = Mosquitto(broker.port).start()
+    try:
+        async with Peer(fresh.port) as late:
+            await late.wait_for(lambda m: m[0] == "bridge/state" and b"online" in m[1], 15)
+            session = await late.wait_for(lambda m: m[0] == "pager/43/session" and m[1] != b"")
+            assert json.loads(session[1])["number"] == 43
+            await late.wait_for(lambda m: m[0] == "pager/statistics")
+    finally:
+        fresh.cleanup()
