@@ -23,7 +23,6 @@ Faults (fail, throttle, stall) apply to timerange requests by default; `target="
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import http.server
@@ -337,24 +336,3 @@ def serve(
         log.info("Sensaphone simulator listening on %s (user demo)", sim.url)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-
-
-async def serve_async(
-    host: str = "127.0.0.1",
-    port: int = 8443,
-    session_lifetime: float = 3600,
-    latency: float = 0.0,
-    tls_cert: str | None = None,
-    tls_key: str | None = None,
-) -> None:
-    """Run the simulator until this task is cancelled (for the demo's TaskGroup)."""
-    sim = SensaphoneSimulator(
-        host=host,
-        port=port,
-        session_lifetime=session_lifetime,
-        latency=latency,
-        ssl_context=_server_context(tls_cert, tls_key),
-    )
-    with sim:
-        log.info("Sensaphone simulator listening on %s (user demo)", sim.url)
-        await asyncio.Event().wait()

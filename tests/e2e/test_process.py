@@ -4,60 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from bridge.broker import Mosquitto
 from bridge.sim.pager import PagerSimulator
+from tests.faults.tools import BridgeProcess
 from tests.support import Peer
 
 pytestmark = pytest.mark.broker
 
 
-class BridgeProcess:
-    """`python -m bridge run` with its configuration in the environment."""
-
-    def __init__(self, broker: Mosquitto, sim: PagerSimulator) -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IOTBRIDGE_")}
-        self.env.update(
-            IOTBRIDGE_MQTT_URL=f"mqtt://127.0.0.1:{broker.port}",
-            IOTBRIDGE_MQTT_CLIENT_ID="iotbridge-process-test",
-            IOTBRIDGE_PAGER_URL=f"coap://127.0.0.1:{sim.port}",
-            IOTBRIDGE_HTTP_ADDR="127.0.0.1:0",
-            IOTBRIDGE_MQTT_RECONNECT_MIN="0.05",
-            IOTBRIDGE_MQTT_RECONNECT_MAX="0.5",
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "run"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
-    def signal(self, sig: int) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        code = self.process.wait(30)
-        self.process = None
-        return code
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
-def process(broker: Mosquitto, pager_sim: PagerSimulator) -> Iterator[BridgeProcess]:
-    bridge = BridgeProcess(broker, pager_sim)
+def process(
+    broker: Mosquitto, pager_sim: PagerSimulator, tmp_path: Path
+) -> Iterator[BridgeProcess]:
+    env = {
+        "IOTBRIDGE_MQTT_URL": f"mqtt://127.0.0.1:{broker.port}",
+        "IOTBRIDGE_MQTT_CLIENT_ID": "iotbridge-process-test",
+        "IOTBRIDGE_PAGER_URL": f"coap://127.0.0.1:{pager_sim.port}",
+    }
+    bridge = BridgeProcess(env, tmp_path / "bridge.stderr")
     yield bridge
     bridge.stop()
 
