@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import pytest
 
@@ -18,14 +20,21 @@ pytestmark = pytest.mark.broker
 BridgeFactory = Callable[..., AbstractAsyncContextManager[Bridge]]
 
 
-@pytest.fixture
-async def pager_sim() -> AsyncIterator[PagerSimulator]:
-    sim = PagerSimulator(port=0, ping_interval=0.5)
+@contextlib.asynccontextmanager
+async def started_sim(**options: Any) -> AsyncIterator[PagerSimulator]:
+    """A T7470 simulator on a free port, with a short ping period, stopped afterwards."""
+    sim = PagerSimulator(**({"port": 0, "ping_interval": 0.5} | options))
     await sim.start()
     try:
         yield sim
     finally:
         await sim.stop()
+
+
+@pytest.fixture
+async def pager_sim() -> AsyncIterator[PagerSimulator]:
+    async with started_sim() as sim:
+        yield sim
 
 
 @pytest.fixture

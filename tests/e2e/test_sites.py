@@ -11,6 +11,7 @@ import pytest
 from bridge.app import Bridge
 from bridge.broker import Mosquitto
 from bridge.sim.pager import PagerSimulator
+from tests.e2e.conftest import started_sim
 from tests.support import Peer, running, settings
 
 pytestmark = pytest.mark.broker
@@ -18,12 +19,8 @@ pytestmark = pytest.mark.broker
 
 @pytest.fixture
 async def second_sim() -> AsyncIterator[PagerSimulator]:
-    sim = PagerSimulator(port=0, ping_interval=0.5)
-    await sim.start()
-    try:
+    async with started_sim() as sim:
         yield sim
-    finally:
-        await sim.stop()
 
 
 def two_sites(tmp_path: Path, broker: Mosquitto, a: PagerSimulator, b: PagerSimulator) -> Bridge:
