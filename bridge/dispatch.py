@@ -28,7 +28,7 @@ from bridge.logs import correlation_id
 from bridge.metrics import Metrics
 from bridge.mqtt import Inbound
 from bridge.routing import Request, Router, transaction_of
-from bridge.topics import BaseTopic, PagerTopic, ScheduleTopic, is_publishable
+from bridge.topics import BaseTopic, PagerTopic, ScheduleTopic, Topics, is_publishable
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,10 @@ class Dispatcher:
             return
         self._lanes[request.key] = deque([(inbound, request)])
         self._spawn(self._run_lane(request.key))
+
+    def has_room(self) -> bool:
+        """True if `submit()` will not wait for a free slot."""
+        return not self._slots.locked()
 
     async def drain(self, within: float) -> bool:
         """Wait until no command is in progress; False if `within` seconds ran out first."""
@@ -204,7 +208,7 @@ class Dispatcher:
                 self._idle.set()
 
     async def _reply(self, inbound: Inbound, payload: bytes) -> None:
-        topic = f"{inbound.topic}/result"
+        topic = Topics.result(inbound.topic)
         sends = []
         if is_publishable(topic):
             sends.append(self._link.publish(topic, payload))

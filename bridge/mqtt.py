@@ -112,6 +112,7 @@ class MqttLink:
         self._stopping = False
         self._waiters = asyncio.Semaphore(buffer)
         self._on_connect: list[ConnectHook] = []
+        self._has_room: Callable[[], bool] = bool
         self._watchers: list[tuple[aiomqtt.Topic | aiomqtt.Wildcard, str, Watcher]] = []
         self.ready = False
 
@@ -133,12 +134,14 @@ class MqttLink:
 
     # -- connection lifecycle --------------------------------------------------------------
 
-    async def run(self, handler: Handler) -> None:
+    async def run(self, handler: Handler, *, has_room: Callable[[], bool] = bool) -> None:
         """Connect, subscribe and feed messages to `handler`, reconnecting until `stop()`.
 
         `handler` is awaited for each message before the next is read: it applies back-pressure
-        by not returning while the bridge is full.
+        by not returning while the bridge is full. `has_room()` says it will return at once;
+        only when it will not is the wait raced against the connection (a task per message).
         """
+        self._has_room = has_room
         attempt = 0
         while not self._stopping:
             try:
@@ -190,7 +193,11 @@ class MqttLink:
                     # Intake stopped for shutdown: left unacknowledged, redelivered next time.
                     continue
                 # A message the handler had not taken when the link dropped is redelivered.
-                await _until_lost(client, handler(Inbound(message, generation)))
+                inbound = Inbound(message, generation)
+                if self._has_room():
+                    await handler(inbound)
+                else:
+                    await _until_lost(client, handler(inbound))
 
     def _watched(self, message: aiomqtt.Message) -> bool:
         """Handle non-command messages (broker facts, watchers); True if it was one."""
