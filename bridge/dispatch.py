@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from bridge import models
+from bridge import models, outbox
 from bridge.answers import Answers
 from bridge.config import LimitSettings
 from bridge.errors import BridgeError, Expired
@@ -129,22 +129,23 @@ class Dispatcher:
         if earlier is not None:
             await self._finish(inbound, earlier, route, action, "duplicate")
             return
-        try:
-            self._check_age(inbound, command)
-            data = await self._execute(request)
-            result = models.Result(status="ok", transaction=command.transaction, data=data)
-        except BridgeError as exc:
-            result = _error_result(exc, command.transaction)
-            if exc.code in DEADLETTER_CODES:
-                result = await self._deadletter(inbound, result, route)
-        except Exception as exc:
-            log.exception("command on %s failed unexpectedly", inbound.topic)
-            result = _error_result(BridgeError(f"internal error: {exc}"), command.transaction)
+        with outbox.collecting() as deferred:
+            try:
+                self._check_age(inbound, command)
+                data = await self._execute(request)
+                result = models.Result(status="ok", transaction=command.transaction, data=data)
+            except BridgeError as exc:
+                result = _error_result(exc, command.transaction)
+                if exc.code in DEADLETTER_CODES:
+                    result = await self._deadletter(inbound, result, route)
+            except Exception as exc:
+                log.exception("command on %s failed unexpectedly", inbound.topic)
+                result = _error_result(BridgeError(f"internal error: {exc}"), command.transaction)
         payload = models.ENCODER.encode(result)
         self._answers.put(key, payload)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s on %s: %s", route, action, inbound.topic, _outcome(result))
-        await self._finish(inbound, payload, route, action, _outcome(result))
+        await self._finish(inbound, payload, route, action, _outcome(result), deferred)
 
     async def _deadletter(
         self, inbound: Inbound, result: models.Result, route: str
@@ -188,28 +189,37 @@ class Dispatcher:
         await self._finish(inbound, payload, "invalid", "none", exc.code)
 
     async def _finish(
-        self, inbound: Inbound, payload: bytes, route: str, action: str, outcome: str
+        self,
+        inbound: Inbound,
+        payload: bytes,
+        route: str,
+        action: str,
+        outcome: str,
+        deferred: list[Awaitable[object]] | None = None,
     ) -> None:
+        """Publish the result (after the command's deferred publishes), then acknowledge."""
         try:
-            await self._reply(inbound, payload)
+            await self._reply(inbound, payload, deferred or [])
             self._link.ack(inbound)
         except BridgeError as exc:
             # Not acknowledged: the broker will deliver the command again.
             log.warning("result for %s not published (%s); left for redelivery", inbound.topic, exc)
             outcome = "unanswered"
         finally:
-            self._metrics.commands.labels(route, action, outcome).inc()
+            metrics = self._metrics
+            metrics.child(metrics.commands, route, action, outcome).inc()
             seconds = time.perf_counter() - inbound.received
-            self._metrics.command_seconds.labels(route).observe(seconds)
+            metrics.child(metrics.command_seconds, route).observe(seconds)
             self._metrics.in_flight.dec()
             self._slots.release()
             self._count -= 1
             if self._count == 0:
                 self._idle.set()
 
-    async def _reply(self, inbound: Inbound, payload: bytes) -> None:
+    async def _reply(
+        self, inbound: Inbound, payload: bytes, sends: list[Awaitable[object]]
+    ) -> None:
         topic = Topics.result(inbound.topic)
-        sends = []
         if is_publishable(topic):
             sends.append(self._link.publish(topic, payload))
         response = inbound.response_topic

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 
 from bridge import __version__, discovery
 from bridge.config import Settings, client_id_or_default
 from bridge.errors import BridgeError
-from bridge.sessions import Outbound
+from bridge.sessions import Outbound, Publish
 from bridge.topics import Topics
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[list[Outbound]], Awaitable[None]]
 # Retained messages arrive right after SUBACK; this is how long to collect them.
 SETTLE = 0.5
 

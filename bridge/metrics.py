@@ -6,9 +6,11 @@ upstream names. Never a pager number, topic, schedule id or user.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 # 1 ms to 60 s: CoAP's retransmissions can run ~45 s before a request is given up.
 LATENCY_BUCKETS: Final = (
@@ -45,6 +47,9 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # Labelled children by (metric, label values): `labels()` validates and locks on every
+        # call, which the hot path (several per command) does not need to pay for again.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self.info = Info("iotbridge", "Build information", registry=r)
         self.commands = Counter(
@@ -141,6 +146,14 @@ class Metrics:
             ["upstream", "operation", "reason"],
             registry=r,
         )
+
+    def child(self, metric: M, *labels: str) -> M:
+        """`metric.labels(*labels)`, created once and then looked up."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def set_pager_statistics(self, values: dict[str, float | None]) -> None:
         for field, value in values.items():

@@ -13,12 +13,12 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
-from bridge import models, t7470
+from bridge import models, outbox, t7470
 from bridge.breaker import CircuitBreaker, CircuitOpen
 from bridge.coap import CoapReply, Transmitter
 from bridge.config import PagerSettings
@@ -30,12 +30,11 @@ from bridge.errors import (
     UpstreamUnavailable,
 )
 from bridge.metrics import Metrics
-from bridge.sessions import Outbound, SessionTracker
+from bridge.sessions import Outbound, Publish, SessionTracker
 from bridge.topics import Topics
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[list[Outbound]], Awaitable[None]]
 SESSIONS = "/v1/sessions"
 HISTORY = "/v1/sessions/history"
 STATISTICS = "/v1/sessions/statistics"
@@ -215,7 +214,8 @@ class PagerService:
             return reply
         finally:
             seconds = time.perf_counter() - started
-            self._metrics.upstream_seconds.labels("pager", operation, outcome).observe(seconds)
+            metrics = self._metrics
+            metrics.child(metrics.upstream_seconds, "pager", operation, outcome).observe(seconds)
 
     async def _fold(self, envelope: t7470.Envelope, *, complete: bool = False) -> None:
         out: list[Outbound] = []
@@ -224,12 +224,16 @@ class PagerService:
                 out += await self._resolve_vanished(envelope.sessions)
             out += self.tracker.apply(envelope.sessions, complete=complete)
             for name in self.tracker.events:
-                self._metrics.pager_events.labels(name).inc()
+                self._metrics.child(self._metrics.pager_events, name).inc()
         if envelope.statistics is not None:
-            out += self.tracker.statistics(envelope.statistics)
-            self._metrics.set_pager_statistics(msgspec.structs.asdict(envelope.statistics))
+            changed = self.tracker.statistics(envelope.statistics)
+            if changed:  # the gauges too only when they moved (every reply carries statistics)
+                out += changed
+                self._metrics.set_pager_statistics(msgspec.structs.asdict(envelope.statistics))
         if out:
-            await self._publish(out)
+            pending = self._publish(out)
+            if not outbox.defer(pending):
+                await pending
 
     async def _resolve_vanished(self, sessions: Iterable[t7470.Session]) -> list[Outbound]:
         """Sessions gone from a full list ended while unobserved: history says how."""
@@ -285,7 +289,7 @@ class PagerService:
             return
         kinds = envelope.responseTypes or []
         kind = "ping" if "ping" in kinds else "change"
-        self._metrics.pager_notifications.labels(kind).inc()
+        self._metrics.child(self._metrics.pager_notifications, kind).inc()
         await self._fold(envelope)
 
     async def _sync(self) -> None:

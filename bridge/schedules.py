@@ -9,22 +9,19 @@ with every interval also decoded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
-from bridge import models
+from bridge import models, outbox
 from bridge.config import SensaphoneSettings
 from bridge.errors import BridgeError, InvalidPayload, InvalidTopic
 from bridge.interval import Interval, decode_interval, encode_interval, parse_interval
 from bridge.sensaphone import Parent, SensaphoneClient, TimeRange
-from bridge.sessions import Outbound
+from bridge.sessions import Outbound, Publish
 from bridge.topics import Topics
 
 log = logging.getLogger(__name__)
-
-Publish = Callable[[list[Outbound]], Awaitable[None]]
 
 
 class ScheduleService:
@@ -105,7 +102,9 @@ class ScheduleService:
     async def _announce(self, schedule_id: int, ranges: list[TimeRange]) -> None:
         doc = models.ScheduleRanges(schedule_id=schedule_id, timeranges=_ranges_out(ranges))
         topic = self._topics.schedule_ranges(schedule_id)
-        await self._publish([Outbound(topic, models.ENCODER.encode(doc), True)])
+        pending = self._publish([Outbound(topic, models.ENCODER.encode(doc), True)])
+        if not outbox.defer(pending):
+            await pending
 
 
 def _interval_value(value: int | Interval | None) -> int | None:

@@ -10,7 +10,7 @@ yields one event, not two.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Literal, NamedTuple
 
 import msgspec
@@ -28,6 +28,10 @@ class Outbound(NamedTuple):
     topic: str
     payload: bytes
     retain: bool
+
+
+# Starts publishing `out` at once, in order; the awaitable completes when all were acknowledged.
+Publish = Callable[[list[Outbound]], Awaitable[object]]
 
 
 class SessionTracker:

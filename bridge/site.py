@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from bridge.coap import Transmitter
@@ -83,8 +84,11 @@ class Site:
         except BridgeError as exc:
             log.warning("retained state not republished after reconnect: %s", exc.message)
 
-    async def publish_all(self, out: list[Outbound]) -> None:
-        await asyncio.gather(*(self.link.publish(o.topic, o.payload, retain=o.retain) for o in out))
+    def publish_all(self, out: list[Outbound]) -> Awaitable[object]:
+        """Start publishing `out`, in order, now; await the result for every PUBACK."""
+        return asyncio.gather(
+            *(self.link.publish(o.topic, o.payload, retain=o.retain) for o in out)
+        )
 
     def start_loops(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
         return [

@@ -1,0 +1,39 @@
+"""What a command publishes besides its result, awaited together with the result.
+
+A pager command typically publishes a retained session, an event and the statistics before its
+result. Waiting for each of those PUBACKs before sending the result would put a broker round
+trip (or several) on every command's path; not waiting at all would acknowledge a command whose
+state might not be out. So the dispatcher opens an outbox per command (`collecting()`), features
+put their publishes in it (`defer()`) instead of awaiting them, and the dispatcher awaits them
+together with the result before it acknowledges the command. The wire order is unchanged: the
+state publishes are started before the result's. Outside a command (notifications, reconnects)
+there is no outbox and `defer()` returns False: the caller awaits its publishes itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Iterator
+from contextvars import ContextVar
+
+_current: ContextVar[list[Awaitable[object]] | None] = ContextVar("outbox", default=None)
+
+
+def defer(work: Awaitable[object]) -> bool:
+    """Put `work` in the current command's outbox; False (not taken) if there is none."""
+    box = _current.get()
+    if box is None:
+        return False
+    box.append(work)
+    return True
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[list[Awaitable[object]]]:
+    """An outbox for the code run inside the block; the caller awaits what it collected."""
+    box: list[Awaitable[object]] = []
+    token = _current.set(box)
+    try:
+        yield box
+    finally:
+        _current.reset(token)
