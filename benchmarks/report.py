@@ -82,8 +82,12 @@ def targets(results: Row) -> list[Row]:
     floor = results["floor"]["floor"]
     one = _scenario(results, 1, 1).get("bridge", {})
     top_inflight = max(s["inflight"] for s in results["scenarios"])
-    top_tx = max(s["transmitters"] for s in results["scenarios"])
-    wide = _scenario(results, top_inflight, top_tx)
+    counts = sorted({s["transmitters"] for s in results["scenarios"]})
+    top_tx = counts[-1]
+    # The throughput and CPU targets are at 20 transmitters; flatness is 1 -> the most.
+    target_tx = 20 if 20 in counts else top_tx
+    wide = _scenario(results, top_inflight, target_tx)
+    widest = _scenario(results, top_inflight, top_tx)
     narrow = _scenario(results, top_inflight, 1)
     out: list[Row] = []
 
@@ -105,7 +109,7 @@ def targets(results: Row) -> list[Row]:
     add(
         "1 in flight: bridge p99 / floor p99 <= 2", ratio(_lat(one, "p99_ms"), floor["p99_ms"]), 2.0
     )
-    for label, scenario in ((f"{top_tx} tx", wide), ("1 tx (proxy)", narrow)):
+    for label, scenario in ((f"{target_tx} tx", wide), ("1 tx", narrow)):
         bridge, minimal = scenario.get("bridge", {}), scenario.get("minimal", {})
         throughput = ratio(bridge.get("per_second"), minimal.get("per_second"))
         cpu = ratio(_cpu(bridge, "bridge"), _cpu(minimal, "minimal"))
@@ -122,7 +126,7 @@ def targets(results: Row) -> list[Row]:
         if s["transmitters"] == 1 and "rss_mb" in s.get("bridge", {})
     ]
     add("RSS single site (peak, MB) <= 60", max(rss) if rss else None, 60.0)
-    wide_cpu = _cpu(wide.get("bridge", {}), "bridge")
+    wide_cpu = _cpu(widest.get("bridge", {}), "bridge")
     narrow_cpu = _cpu(narrow.get("bridge", {}), "bridge")
     change = abs(wide_cpu / narrow_cpu - 1) if wide_cpu and narrow_cpu else None
     add(f"CPU per command change 1 -> {top_tx} transmitters <= 20 %", _pct(change), 20.0)

@@ -43,7 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     add("--serial-commands", type=int, default=2_000, help="per measured window at 1 in flight")
     add("--floor-samples", type=int, default=3_000, help="round trips per floor measurement")
     add("--inflight", type=_ints, default=[1, 100], help="commands in flight (list)")
-    add("--transmitters", type=_ints, default=[1, 20], help="transmitters (list)")
+    add("--transmitters", type=_ints, default=[1, 20, 100], help="transmitters (list)")
+    add(
+        "--all-pairs",
+        action="store_true",
+        help="every in-flight x transmitters pair (default: the lowest in flight on 1"
+        " transmitter, the highest on each transmitter count)",
+    )
     add("--pagers", type=int, default=200, help="pagers the load cycles over (>= in flight)")
     add("--sessions", type=int, default=10_000, help="active sessions in the sessions scenario")
     add("--max-seconds", type=float, default=60.0, help="time bound of each measured window")
@@ -52,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     add("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     add("--logdir", type=Path, help="child process logs (default: a temporary directory)")
     return parser
+
+
+def _pairs(args: argparse.Namespace) -> list[tuple[int, int]]:
+    if args.all_pairs:
+        return list(itertools.product(args.inflight, args.transmitters))
+    low, high = min(args.inflight), max(args.inflight)
+    pairs = [(low, min(args.transmitters))]
+    pairs += [(high, t) for t in args.transmitters if (high, t) not in pairs]
+    return pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     print("floor: MQTT echo round trip, CoAP round trip ...", flush=True)
     results["floor"] = scenarios.floors(opts)
     results["scenarios"] = []
-    for inflight, transmitters in itertools.product(args.inflight, args.transmitters):
+    for inflight, transmitters in _pairs(args):
         scenario: dict[str, Any] = {
             "name": f"{inflight} inflight/{transmitters} tx",
             "inflight": inflight,
