@@ -1,69 +1,95 @@
-"""The CoAP client seam: the only bridge module that imports aiocoap on the client side.
+"""The CoAP client seam: how the bridge talks to a T7470 (RFC 7252, 7641 Observe, 7959 Block2).
 
-`Transmitter` talks to one T7470 at `coap://host:port`. Above it nothing knows aiocoap: replies
-are `CoapReply` (code, payload, ETag) and failures are `bridge.errors`:
+`Transmitter` talks to one T7470 at `coap://host:port`. Above it nothing knows CoAP messages:
+replies are `CoapReply` (code, payload, ETag) and failures are `bridge.errors`:
 
 - no answer within `timeout` seconds                 -> UpstreamTimeout
 - the network says unreachable/refused (ICMP), etc.  -> UpstreamUnavailable
+- an RST, a broken block-wise transfer, nonsense     -> UpstreamError
 - 4.xx/5.xx answers are *not* exceptions: `CoapReply.ok` is False and the body is kept.
 
-Endpoints (one aiocoap client context = one UDP socket = one source port = one MID space):
+The client is our own, on asyncio datagram endpoints (`bridge.coapendpoint` for the message
+layer, `bridge.coapwire` for the codec), not a general CoAP library: the device needs one peer,
+CON requests one at a time, Block2 and Observe, and a general client's per-message machinery
+(message/option objects, token and message managers, pipes, address objects per datagram) was a
+quarter of the bridge's CPU. aiocoap is still the simulator's server and the tests' independent
+peer, so the two implementations check each other.
+
+Endpoints (one connected UDP socket = one source port = one MID and token space):
 
 - Requests go one at a time (a constrained device expects NSTART=1 from us anyway) over a
   request endpoint that is replaced after `rotate_after` requests. CoAP message IDs are 16-bit
-  and must not be reused within EXCHANGE_LIFETIME (247 s, RFC 7252 §4.8.2); measured here,
-  aiocoap fails from request 65,536 on when one socket sends faster than ~265 CON/s for four
-  minutes. A fresh socket is a fresh endpoint with its own MID space, so rotation removes that
-  ceiling. Because requests are serialised, the old endpoint has nothing in flight when it is
-  rotated out and is shut down at once.
-- After a timeout, a network error or a cancelled exchange the request endpoint is discarded
-  too: aiocoap keeps retransmitting an unanswered CON for up to 45 s and backlogs every later CON
-  to the same peer behind it (NSTART=1), and a context that saw ICMP errors is best not trusted.
-  The next request simply starts on a fresh endpoint, so a restarted transmitter is reached.
+  and must not be reused within EXCHANGE_LIFETIME (247 s, RFC 7252 §4.8.2): one socket sending
+  faster than ~265 CON/s for four minutes would wrap them. A fresh socket is a fresh endpoint
+  with its own MID space, so rotation removes that ceiling. Because requests are serialised, the
+  old endpoint has nothing in flight when it is rotated out and is closed at once.
+- After a timeout, a network error (ICMP) or a cancelled exchange the request endpoint is
+  discarded too: its unanswered CON would otherwise still be retransmitted, a late answer to it
+  is of no use, and a socket that saw ICMP errors is best not trusted. The next request simply
+  starts on a fresh endpoint, so a restarted transmitter is reached.
+- A block-wise answer (payloads over 1024 bytes, RFC 7959) is fetched whole on the same endpoint
+  within the same `timeout`: the device keeps the representation for that socket, and the
+  request lock is held throughout, so no other request interleaves.
 - Each Observe registration gets its own endpoint, closed when the observation ends. Rotation
   therefore never disturbs an observation, an observation never holds the request lock, and a
-  re-registration always starts from a clean socket. An observation uses one MID (the
-  registration); the notifications' ACKs reuse the device's MIDs.
+  re-registration always starts from a clean socket. A notification larger than one block is
+  completed with plain GETs of the same resource on that endpoint before it is yielded.
+
+The host name is resolved once per Transmitter; Uri-Host and Uri-Port are never sent (the device
+is addressed by IP and has no virtual hosts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import logging
-import warnings
+import socket
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
-import aiocoap
-import aiocoap.error
 import msgspec
-from aiocoap.message import UndecidedRemote
-from aiocoap.numbers.codes import Code
 
+from bridge import coapwire
+from bridge.coapendpoint import Endpoint, EndpointClosed, Reset
+from bridge.coapwire import (
+    BLOCK2,
+    CONTENT_FORMAT,
+    ETAG,
+    OBSERVE,
+    URI_PATH,
+    URI_QUERY,
+    Message,
+    pack_options,
+    parse_block,
+    to_uint,
+    uint,
+)
 from bridge.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from bridge.t7470 import CONTENT_FORMAT_JSON
 
-log = logging.getLogger(__name__)
-
 _METHODS: Final = {
-    "GET": Code.GET,
-    "POST": Code.POST,
-    "PUT": Code.PUT,
-    "DELETE": Code.DELETE,
+    "GET": coapwire.GET,
+    "POST": coapwire.POST,
+    "PUT": coapwire.PUT,
+    "DELETE": coapwire.DELETE,
 }
 # "2.05" for every code byte, built once: the hot path only looks it up.
-_DOTTED: Final = {code: f"{code >> 5}.{code & 0x1F:02d}" for code in range(256)}
+_DOTTED: Final = tuple(coapwire.dotted(code) for code in range(256))
+_CONTENT_FORMAT: Final = (CONTENT_FORMAT, uint(CONTENT_FORMAT_JSON))
+_OBSERVE_REGISTER: Final = (OBSERVE, uint(0))
+_OBSERVE_DEREGISTER: Final = (OBSERVE, uint(1))
+# A block-wise body larger than this is refused (10,000 sessions are ~1.5 MB).
+_MAX_BODY: Final = 16 * 1024 * 1024
+# RFC 7641 §3.4: sequence numbers are 24-bit; a notification older than this is stale
+# unless 128 s have passed since the newest one.
+_SEQUENCE_HALF: Final = 1 << 23
+_SEQUENCE_STALE_AFTER: Final = 128.0
 # The device pings observers every 30 s; three missed pings mean the observation is gone
 # (a device that restarted forgets its observers without telling anyone).
 OBSERVE_IDLE: Final = 100.0
 # Notifications received but not yet consumed; past this the observation is failed (see _Inbox).
 OBSERVE_BACKLOG: Final = 1000
-# The transports aiocoap would try by default include TCP, TLS, WebSockets and DTLS; the T7470
-# speaks plain CoAP over UDP only.
-_TRANSPORTS: Final = ["udp6"]
 
 
 class CoapReply(msgspec.Struct, frozen=True):
@@ -79,15 +105,19 @@ class CoapReply(msgspec.Struct, frozen=True):
         return self.code.startswith("2.")
 
 
-class _Endpoint:
-    """One client context (UDP socket) and the peer address resolved on it."""
+class _Request:
+    """One request's packed options; `block(n, szx)` adds Block2 for the follow-ups."""
 
-    __slots__ = ("context", "remote", "used")
+    __slots__ = ("code", "last", "options", "payload")
 
-    def __init__(self, context: Any) -> None:
-        self.context = context
-        self.remote: Any = None  # the device's address, cached after the first reply
-        self.used = 0
+    def __init__(self, code: int, options: bytes, last: int, payload: bytes) -> None:
+        self.code = code
+        self.options = options
+        self.last = last  # the number of the last option packed (Block2 comes after it)
+        self.payload = payload
+
+    def block(self, num: int, szx: int) -> bytes:
+        return self.options + pack_options(((BLOCK2, coapwire.block(num, False, szx)),), self.last)
 
 
 class Transmitter:
@@ -98,19 +128,21 @@ class Transmitter:
         if parts.scheme != "coap" or not parts.hostname:
             raise ValueError(f"expected coap://host[:port], got {uri!r}")
         self.uri = uri
-        self._netloc = parts.netloc.rpartition("@")[2]
+        self._host = parts.hostname
+        self._port = parts.port or 5683
+        self._address: tuple[int, tuple[object, ...]] | None = None
         self._timeout = timeout
         self._rotate_after = max(1, rotate_after)
         self._lock = asyncio.Lock()
-        self._current: _Endpoint | None = None
+        self._current: Endpoint | None = None
         self._created = 0
-        self._closing: set[asyncio.Task[None]] = set()
-        self._observing: set[_Endpoint] = set()
-        self._paths: dict[str, tuple[str, ...]] = {}
+        self._observing: set[Endpoint] = set()
+        # Uri-Path options packed once per (path, number of the option before them).
+        self._paths: dict[tuple[str, int], tuple[bytes, int]] = {}
 
     @property
     def endpoints_used(self) -> int:
-        """How many UDP client endpoints (contexts) have been created so far."""
+        """How many UDP client endpoints (sockets) have been created so far."""
         return self._created
 
     async def start(self) -> None:
@@ -120,15 +152,14 @@ class Transmitter:
                 self._current = await self._new_endpoint()
 
     async def close(self) -> None:
-        """Shut every endpoint down. Observations still running end with an UpstreamError."""
+        """Close every endpoint. Observations still running end with UpstreamUnavailable."""
         async with self._lock:
             if self._current is not None:
-                self._retire(self._current)
+                self._current.close()
                 self._current = None
         for endpoint in list(self._observing):
-            self._retire(endpoint)
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+            endpoint.close()
+        self._observing.clear()
 
     async def request(
         self,
@@ -151,29 +182,28 @@ class Transmitter:
         code = _METHODS.get(method)
         if code is None:
             raise ValueError(f"unsupported CoAP method {method!r}")
+        request = self._request(code, path, query, body, etag)
         async with self._lock:
             if gate is not None:
                 gate()
             endpoint = self._current
-            if endpoint is None or endpoint.used >= self._rotate_after:
+            if endpoint is None or endpoint.closed or endpoint.used >= self._rotate_after:
                 if endpoint is not None:
-                    self._retire(endpoint)
+                    endpoint.close()
                 endpoint = self._current = await self._new_endpoint()
-            endpoint.used += 1
-            message = self._message(endpoint, code, path, query, body, etag)
             try:
-                async with asyncio.timeout(self._timeout):
-                    response = await endpoint.context.request(message).response
+                deadline = asyncio.get_running_loop().time() + self._timeout
+                response = await endpoint.request(code, request.options, request.payload, deadline)
+                if response.options and response.option(BLOCK2) is not None:
+                    return await self._whole(endpoint, request, response, deadline)
+                return CoapReply(_DOTTED[response.code], response.payload, response.option(ETAG))
             except BaseException as exc:
-                # Whatever went wrong, this socket may still be retransmitting: drop it.
+                # Whatever went wrong, this socket may hold a stale exchange: drop it.
                 self._current = None
-                self._retire(endpoint)
+                endpoint.close()
                 if isinstance(exc, Exception):
                     raise self._mapped(exc) from exc
                 raise
-            if endpoint.remote is None:
-                endpoint.remote = response.remote
-            return _reply(response)
 
     async def observe(
         self,
@@ -187,176 +217,290 @@ class Transmitter:
         Ends (StopAsyncIteration) when the device refuses or ends the observation (a reply
         without Observe, or a 4.xx/5.xx, is yielded first); raises UpstreamTimeout when
         nothing arrives for `idle` seconds or the registration is not answered in `timeout`,
-        UpstreamUnavailable when the network reports the device unreachable. Either way the
-        caller re-registers by calling `observe()` again.
+        UpstreamUnavailable when the network reports the device unreachable, UpstreamError when
+        more than OBSERVE_BACKLOG notifications are left unconsumed. Either way the caller
+        re-registers by calling `observe()` again.
         """
         endpoint = await self._new_endpoint()
         self._observing.add(endpoint)
-        inbox = _Inbox()
-        observation: Any = None
+        inbox = _Inbox(f"no notification from {self.uri} for {idle:g} s", {"path": path})
+        token = endpoint.new_token()
+        endpoint.listen(token, inbox)
+        plain = self._request(coapwire.GET, path, query, None, None)
+        registered = False
         try:
-            observation, first = await self._register(endpoint, path, query, inbox)
-            yield first
-            if first.ok and inbox.registered:
-                while (note := await self._next_notification(inbox, idle, path)) is not None:
-                    yield note
+            registration = self._request(coapwire.GET, path, query, None, None, _OBSERVE_REGISTER)
+            first = await self._registered(endpoint, registration, plain, token)
+            registered = first[1]
+            yield first[0]
+            if not registered:
+                return
+            inbox.watch(idle)
+            while (note := await self._next(endpoint, inbox, plain)) is not None:
+                yield note
         finally:
-            if observation is not None and not observation.cancelled:
-                observation.cancel()
-            if endpoint in self._observing:
-                self._retire(endpoint)
-
-    async def _register(
-        self,
-        endpoint: _Endpoint,
-        path: str,
-        query: Mapping[str, str | int] | None,
-        inbox: _Inbox,
-    ) -> tuple[Any, CoapReply]:
-        message = self._message(endpoint, Code.GET, path, query, None, None, observe=0)
-        try:
-            async with asyncio.timeout(self._timeout):
-                request = endpoint.context.request(message)
-                inbox.attach(request.observation)
-                response = await request.response
-        except Exception as exc:
-            raise self._mapped(exc) from exc
-        # A reply without the Observe option means the device did not register us.
-        inbox.registered = response.opt.observe is not None
-        return request.observation, _reply(response)
-
-    async def _next_notification(self, inbox: _Inbox, idle: float, path: str) -> CoapReply | None:
-        """The next notification, or None when the device ended the observation."""
-        try:
-            async with asyncio.timeout(idle):
-                return await inbox.get()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"no notification from {self.uri} for {idle:g} s", detail={"path": path}
-            ) from exc
-        except (aiocoap.error.ObservationCancelled, aiocoap.error.NotObservable):
-            return None
-        except UpstreamError:
-            raise
-        except Exception as exc:
-            raise self._mapped(exc) from exc
+            inbox.close()
+            if registered and not inbox.ended and not endpoint.closed:
+                # RFC 7641 §3.6: deregister. Not awaited: the socket closes now, and a device
+                # that missed this gets an ICMP error (or would get an RST) for its next one.
+                deregister = self._request(
+                    coapwire.GET, path, query, None, None, _OBSERVE_DEREGISTER
+                )
+                endpoint.send_non(coapwire.GET, deregister.options, token)
+            endpoint.close()
+            self._observing.discard(endpoint)
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _new_endpoint(self) -> _Endpoint:
+    async def _registered(
+        self, endpoint: Endpoint, registration: _Request, plain: _Request, token: bytes
+    ) -> tuple[CoapReply, bool]:
+        """The registration's (whole) first response, and whether the device registered us."""
         try:
-            context = await aiocoap.Context.create_client_context(transports=_TRANSPORTS)
+            deadline = asyncio.get_running_loop().time() + self._timeout
+            response = await endpoint.request(
+                coapwire.GET, registration.options, b"", deadline, token=token
+            )
+            # A reply without the Observe option (or an error) means we are not registered.
+            registered = response.code >> 5 == 2 and response.option(OBSERVE) is not None
+            if response.option(BLOCK2) is not None:
+                return await self._whole(endpoint, plain, response, deadline), registered
+        except Exception as exc:
+            raise self._mapped(exc) from exc
+        return CoapReply(
+            _DOTTED[response.code], response.payload, response.option(ETAG)
+        ), registered
+
+    async def _next(self, endpoint: Endpoint, inbox: _Inbox, plain: _Request) -> CoapReply | None:
+        """The next notification (whole), or None when the device ended the observation."""
+        try:
+            message = await inbox.get()
+            if message is None:
+                return None
+            if message.option(BLOCK2) is not None:
+                deadline = asyncio.get_running_loop().time() + self._timeout
+                return await self._whole(endpoint, plain, message, deadline)
+        except Exception as exc:
+            raise self._mapped(exc) from exc
+        return CoapReply(_DOTTED[message.code], message.payload, message.option(ETAG))
+
+    async def _whole(
+        self, endpoint: Endpoint, request: _Request, first: Message, deadline: float
+    ) -> CoapReply:
+        """Complete a block-wise response (RFC 7959 §2.4) by fetching the following blocks.
+
+        Every block must come from the same representation: same code, same ETag, in order. A
+        GET whose representation changed midway starts over once; anything else fails.
+        """
+        restartable = request.code == coapwire.GET
+        response = first
+        etag = first.option(ETAG)
+        parts: list[bytes] = []
+        offset = 0
+        while True:
+            value = response.option(BLOCK2)
+            num, more, szx = parse_block(value) if value is not None else (0, False, 6)
+            size = 16 << szx
+            if (
+                (value is None and offset)
+                or response.code != first.code
+                or response.option(ETAG) != etag
+                or num * size != offset
+                or (more and len(response.payload) != size)
+            ):
+                if not restartable:
+                    raise UpstreamError(
+                        f"block-wise answer from {self.uri} changed midway",
+                        detail={"uri": self.uri},
+                    )
+                restartable = False
+                parts.clear()
+                offset = 0
+                response = await endpoint.request(
+                    request.code, request.block(0, szx), request.payload, deadline
+                )
+                first, etag = response, response.option(ETAG)
+                continue
+            parts.append(response.payload)
+            offset += len(response.payload)
+            if not more:
+                break
+            if offset > _MAX_BODY:
+                raise UpstreamError(f"answer from {self.uri} larger than {_MAX_BODY} bytes")
+            response = await endpoint.request(
+                request.code, request.block(offset // size, szx), request.payload, deadline
+            )
+        return CoapReply(_DOTTED[first.code], b"".join(parts), etag)
+
+    async def _new_endpoint(self) -> Endpoint:
+        try:
+            if self._address is None:
+                self._address = await self._resolve()
+            endpoint = await Endpoint.open(*self._address)
         except OSError as exc:
-            raise UpstreamUnavailable(f"cannot open a UDP socket: {exc}") from exc
+            raise UpstreamUnavailable(
+                f"cannot open a UDP socket to {self.uri}: {exc}", detail={"uri": self.uri}
+            ) from exc
         self._created += 1
-        return _Endpoint(context)
+        return endpoint
 
-    def _retire(self, endpoint: _Endpoint) -> None:
-        """Shut the endpoint's context down in the background (it may be mid-callback)."""
-        self._observing.discard(endpoint)
-        task = asyncio.get_running_loop().create_task(_shutdown(endpoint.context))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+    async def _resolve(self) -> tuple[int, tuple[object, ...]]:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        return family, address
 
-    def _message(
+    def _request(
         self,
-        endpoint: _Endpoint,
-        code: Code,
+        code: int,
         path: str,
         query: Mapping[str, str | int] | None,
         body: bytes | None,
         etag: bytes | None,
-        observe: int | None = None,
-    ) -> Any:
-        segments = self._paths.get(path)
-        if segments is None:
-            segments = self._paths[path] = tuple(s for s in path.split("/") if s)
-        message = aiocoap.Message(code=code, transport_tuning=aiocoap.Reliable, uri_path=segments)
-        if query:
-            message.opt.uri_query = tuple(f"{k}={v}" for k, v in query.items())
-        if body is not None:
-            message.payload = body
-            message.opt.content_format = CONTENT_FORMAT_JSON
+        observe: tuple[int, bytes] | None = None,
+    ) -> _Request:
+        head: list[tuple[int, bytes]] = []
         if etag is not None:
-            message.opt.etags = (etag,)
+            head.append((ETAG, etag))
         if observe is not None:
-            message.opt.observe = observe
-        # Resolving "host:port" costs a getaddrinfo per request; the address learnt from the
-        # first reply on this socket is reused instead (Uri-Host is never sent: the device is
-        # addressed by IP and has no virtual hosts).
-        message.remote = endpoint.remote or UndecidedRemote("coap", self._netloc)
-        return message
+            head.append(observe)
+        previous = head[-1][0] if head else 0
+        key = (path, previous)
+        cached = self._paths.get(key)
+        if cached is None:
+            segments = [(URI_PATH, s.encode()) for s in path.split("/") if s]
+            last = URI_PATH if segments else previous
+            cached = self._paths[key] = (pack_options(segments, previous), last)
+        options = pack_options(head) + cached[0] if head else cached[0]
+        last = cached[1]
+        tail: list[tuple[int, bytes]] = []
+        if body is not None:
+            tail.append(_CONTENT_FORMAT)
+        if query:
+            tail += [(URI_QUERY, f"{k}={v}".encode()) for k, v in query.items()]
+        if tail:
+            options += pack_options(tail, last)
+            last = tail[-1][0]
+        return _Request(code, options, last, body or b"")
 
     def _mapped(self, exc: Exception) -> UpstreamError:
+        if isinstance(exc, UpstreamError):
+            return exc
         detail = {"uri": self.uri}
-        if isinstance(exc, TimeoutError | aiocoap.error.TimeoutError):
+        if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one
             return UpstreamTimeout(
                 f"no answer from {self.uri} within {self._timeout:g} s", detail=detail
             )
-        if isinstance(exc, aiocoap.error.LibraryShutdown):
+        if isinstance(exc, EndpointClosed):
             return UpstreamUnavailable(f"the CoAP client for {self.uri} was closed", detail=detail)
-        if isinstance(exc, aiocoap.error.NetworkError | OSError):
-            # ICMP port/host unreachable arrives as NetworkError caused by ConnectionRefusedError
-            # (aiocoap reads the socket's error queue, IP_RECVERR).
-            reason = exc.__cause__ or exc
-            return UpstreamUnavailable(f"{self.uri} is unreachable: {reason}", detail=detail)
+        if isinstance(exc, OSError):
+            # ICMP port/host unreachable arrives on the connected socket as ConnectionRefusedError
+            # (or another OSError), reported by asyncio through error_received.
+            return UpstreamUnavailable(f"{self.uri} is unreachable: {exc}", detail=detail)
+        if isinstance(exc, Reset):
+            return UpstreamError(f"{self.uri} rejected the request (RST)", detail=detail)
         return UpstreamError(f"CoAP exchange with {self.uri} failed: {exc!r}", detail=detail)
 
 
 class _Inbox:
     """Every notification, in order, until the consumer takes it (bounded by OBSERVE_BACKLOG).
 
-    aiocoap's `async for` over an observation keeps only the newest notification while the
-    consumer is busy ("observe is lossy", aiocoap/protocol.py ClientObservation._Iterator); the
+    RFC 7641 lets a client keep only the newest notification ("eventual consistency"); the
     bridge turns each change into an event, so it keeps them all. Past the bound the observation
     fails with UpstreamError: the caller re-registers and re-reads the full list instead of
-    silently missing changes.
+    silently missing changes. Notifications older than the newest one (§3.4) are dropped. One
+    timer, rescheduled lazily, notices when nothing arrived for `idle` seconds.
     """
 
-    __slots__ = ("_error", "_items", "_wakeup", "registered")
+    __slots__ = (
+        "_error",
+        "_idle",
+        "_items",
+        "_last",
+        "_loop",
+        "_sequence",
+        "_stamp",
+        "_timeout",
+        "_timer",
+        "_waiter",
+        "ended",
+    )
 
-    def __init__(self) -> None:
-        self.registered = False
-        self._items: collections.deque[CoapReply] = collections.deque()
+    def __init__(self, timeout: str, detail: dict[str, str]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._items: collections.deque[Message] = collections.deque()
         self._error: BaseException | None = None
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        self._sequence: int | None = None
+        self._stamp = 0.0  # when the newest notification arrived (the §3.4 T1)
+        self._last = 0.0  # when anything last arrived
+        self._idle = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeout = (timeout, detail)
+        self.ended = False  # the device ended the observation (its last message is queued)
 
-    def attach(self, observation: Any) -> None:
-        # register_callback is deprecated in favour of the lossy iterator; it is the only way
-        # to see every notification, and its first response is not replayed (nothing arrived yet).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            observation.register_callback(self._push)
-            observation.register_errback(self._fail)
-
-    def _push(self, response: Any) -> None:
+    def notify(self, message: Message) -> bool:
+        """From the endpoint: one message for the registration's token; False rejects it."""
+        if self.ended or self._error is not None:
+            return False
+        now = self._last = self._loop.time()
+        observe = message.option(OBSERVE)
+        if observe is None or message.code >> 5 != 2:
+            self.ended = True  # the final message (RFC 7641 §3.2): yielded, then the end
+        else:
+            sequence = to_uint(observe)
+            newest = self._sequence
+            if newest is not None and not (
+                (newest < sequence and sequence - newest < _SEQUENCE_HALF)
+                or (newest > sequence and newest - sequence > _SEQUENCE_HALF)
+                or now > self._stamp + _SEQUENCE_STALE_AFTER
+            ):
+                return True  # stale or duplicate: acknowledged, not delivered
+            self._sequence = sequence
+            self._stamp = now
         if len(self._items) >= OBSERVE_BACKLOG:
-            self._fail(UpstreamError(f"more than {OBSERVE_BACKLOG} notifications unconsumed"))
-            return
-        self._items.append(_reply(response))
-        self._wakeup.set()
+            self.fail(UpstreamError(f"more than {OBSERVE_BACKLOG} notifications unconsumed"))
+            return False
+        self._items.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
-        self._wakeup.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    async def get(self) -> CoapReply:
-        """The next notification; raises what ended the observation once all are taken."""
+    def watch(self, idle: float) -> None:
+        """Start the idle timer (after the registration was answered)."""
+        self._idle = idle
+        self._last = self._loop.time()
+        self._timer = self._loop.call_at(self._last + idle, self._check_idle)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_idle(self) -> None:
+        due = self._last + self._idle
+        if self._loop.time() + 0.001 >= due:
+            self._timer = None
+            message, detail = self._timeout
+            self.fail(UpstreamTimeout(message, detail=detail))
+        else:
+            self._timer = self._loop.call_at(due, self._check_idle)
+
+    async def get(self) -> Message | None:
+        """The next message; None once the device ended it; raises what failed it."""
         while not self._items:
             if self._error is not None:
                 raise self._error
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            if self.ended:
+                return None
+            self._waiter = self._loop.create_future()
+            await self._waiter
         return self._items.popleft()
-
-
-async def _shutdown(context: Any) -> None:
-    with contextlib.suppress(Exception):
-        await context.shutdown()
-
-
-def _reply(response: Any) -> CoapReply:
-    return CoapReply(
-        code=_DOTTED[int(response.code)], payload=response.payload, etag=response.opt.etag
-    )
