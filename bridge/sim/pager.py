@@ -1,4 +1,4 @@
-"""An LRS T7470 transmitter simulator over real CoAP/UDP (an aiocoap server).
+"""An LRS T7470 transmitter simulator over real CoAP/UDP (on `bridge.sim.coap_server`).
 
 Resources (PRODUCT.md; the rules live in `bridge.sim.pager_device`, the handlers in
 `bridge.sim.pager_resources`):
@@ -16,12 +16,15 @@ Resources (PRODUCT.md; the rules live in `bridge.sim.pager_device`, the handlers
 Errors answer `{"error": "<why>"}` (Content-Format 50): 4.00 for a body that is not compact or
 not valid, a number out of range, a duplicate session or an unknown action; 4.04 for a number
 without an active session; 4.05 for a method a resource lacks; 4.15 for a body without
-Content-Format 50. Notifications are confirmable (a client that does not ACK is dropped by
-aiocoap, as on the device): `{"responseTypes":["sessions","statistics"],...,"sessions":[...]}`
-for session changes, `["settings"]` for settings, and `["ping"]` every `ping_interval` seconds.
+Content-Format 50. Notifications are confirmable, every one delivered in order (a client that
+does not ACK, or answers with an RST, is dropped, as on the device):
+`{"responseTypes":["sessions","statistics"],...,"sessions":[...]}` for session changes,
+`["settings"]` for settings, and `["ping"]` every `ping_interval` seconds. Bodies over 1024
+bytes (a long session list) go block-wise (RFC 7959).
 
-Fault controls: `latency` (seconds before each answer), `set_silent()` (the port stays bound but
-nothing answers, not even with an ACK or ICMP), `observe=False` (/v1/notify answers 4.04).
+Fault controls: `latency` (seconds before each answer; a confirmable request is acknowledged at
+once and answered separately), `set_silent()` (the port stays bound but nothing answers, not
+even with an ACK or ICMP), `observe=False` (/v1/notify answers 4.04).
 """
 
 from __future__ import annotations
@@ -31,18 +34,15 @@ import asyncio
 import collections
 import contextlib
 import logging
-import socket
-from typing import Any, Final
-
-import aiocoap
-import aiocoap.resource
-from aiocoap.numbers.codes import Code
+from typing import Final
 
 from bridge import t7470
+from bridge.coapwire import CONTENT
+from bridge.sim.coap_request import Handler, Request, Response
+from bridge.sim.coap_server import CoapServer
 from bridge.sim.pager_device import DeviceError, PagerDevice
 from bridge.sim.pager_resources import (
     DeviceResources,
-    Handler,
     Received,
     error,
     notify_action,
@@ -52,53 +52,7 @@ from bridge.sim.pager_resources import (
 log = logging.getLogger(__name__)
 
 _MAX_PORTS: Final = 4096
-
-
-class _Route(aiocoap.resource.Resource):  # type: ignore[misc]  # aiocoap is untyped
-    """One path; `handle` dispatches on the method itself."""
-
-    def __init__(self, handle: Handler) -> None:
-        super().__init__()
-        self._handle = handle
-
-    async def render(self, request: Any) -> Any:
-        return await self._handle(request)
-
-
-class _Notify(aiocoap.resource.Resource):  # type: ignore[misc]
-    """/v1/notify: answers through the pipe itself, so every change is sent, in order.
-
-    aiocoap's ObservableResource keeps only the latest pending state (lossy, as RFC 7641
-    allows); a bridge that republishes each change as an event wants every one of them.
-    """
-
-    def __init__(self, sim: PagerSimulator) -> None:
-        super().__init__()
-        self._sim = sim
-
-    async def render_to_pipe(self, pipe: Any) -> None:
-        await self._sim.observe_pipe(pipe)
-
-
-class _Observer:
-    __slots__ = ("pipe", "sequence", "task")
-
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
-        self.sequence = 0
-        self.task = asyncio.current_task()
-
-    def send(self, payload: bytes) -> None:
-        self.sequence = (self.sequence + 1) & 0xFFFFFF  # the Observe option holds 24 bits
-        message = aiocoap.Message(
-            code=Code.CONTENT,
-            # Confirmable, so a client that is gone is noticed (and dropped) by aiocoap.
-            transport_tuning=aiocoap.Reliable,
-            payload=payload,
-            content_format=t7470.CONTENT_FORMAT_JSON,
-            observe=self.sequence,
-        )
-        self.pipe.add_response(message, is_last=False)
+NOTIFY: Final = ("v1", "notify")
 
 
 class PagerSimulator:
@@ -118,23 +72,18 @@ class PagerSimulator:
         self.host = host
         self._port = port
         self.ping_interval = ping_interval
-        self.latency = latency
         self.observe = observe
         self.device = PagerDevice(max_number=max_number, history_limit=history_limit)
         # Commands carrying a number, in arrival order (for ordering tests).
         self.received: collections.deque[Received] = collections.deque(maxlen=10_000)
         # Client source ports seen (one per client endpoint: rotation shows up here).
         self.client_ports: dict[int, None] = {}
-        self._observers: set[_Observer] = set()
-        self._context: Any = None
-        self._blackhole: asyncio.DatagramTransport | None = None
         self._silent = False
         self._pinger: asyncio.Task[None] | None = None
         resources = DeviceResources(self.device, self._changed, self._broadcast, self.received)
-        self._site = aiocoap.resource.Site()
-        for path, handle in resources.routes():
-            self._site.add_resource(path, _Route(self._answering(handle)))
-        self._site.add_resource(("v1", "notify"), _Notify(self))
+        routes = {path: self._answering(handle) for path, handle in resources.routes()}
+        routes[NOTIFY] = self._answering(self._notify)
+        self._server = CoapServer(routes, observable=NOTIFY, latency=latency)
 
     # -- lifecycle and fault controls ------------------------------------------------------
 
@@ -149,16 +98,24 @@ class PagerSimulator:
     @property
     def observers(self) -> int:
         """Observations currently registered on /v1/notify."""
-        return len(self._observers)
+        return len(self._server.observers)
 
     @property
     def silent(self) -> bool:
         return self._silent
 
+    @property
+    def latency(self) -> float:
+        """Seconds before each answer (read when a request arrives)."""
+        return self._server.latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self._server.latency = seconds
+
     async def start(self) -> None:
-        if self._port == 0:
-            self._port = _free_udp_port(self.host)
-        await (self._open_blackhole() if self._silent else self._open_server())
+        self._server.set_silent(self._silent)
+        self._port = await self._server.open(self.host, self._port)
         self._pinger = asyncio.create_task(self._ping_loop(), name="pager-sim-ping")
 
     async def stop(self) -> None:
@@ -168,46 +125,16 @@ class PagerSimulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pinger
             self._pinger = None
-        await self._close_server()
-        if self._blackhole is not None:
-            self._blackhole.close()
-            self._blackhole = None
+        self._server.close()
 
     async def set_silent(self, silent: bool) -> None:
-        """Silent: the port stays bound but swallows every datagram (no ACK, no ICMP)."""
-        if silent == self._silent:
-            return
+        """Silent: the port stays bound but swallows every datagram (no ACK, no ICMP).
+
+        Going silent forgets the observers and every answer still pending, as a device that
+        hung would; it comes back with no observers.
+        """
         self._silent = silent
-        if self._context is None and self._blackhole is None:
-            return  # not started: applies at start()
-        if silent:
-            await self._close_server()
-            await self._open_blackhole()
-        else:
-            if self._blackhole is not None:
-                self._blackhole.close()
-                self._blackhole = None
-            await self._open_server()
-
-    async def _open_server(self) -> None:
-        self._context = await aiocoap.Context.create_server_context(
-            self._site, bind=(self.host, self._port), transports=["udp6"]
-        )
-
-    async def _close_server(self) -> None:
-        for observer in list(self._observers):
-            if observer.task is not None:
-                observer.task.cancel()
-        self._observers.clear()
-        if self._context is not None:
-            await self._context.shutdown()
-            self._context = None
-
-    async def _open_blackhole(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._blackhole, _ = await loop.create_datagram_endpoint(
-            asyncio.DatagramProtocol, local_addr=(self.host, self._port)
-        )
+        self._server.set_silent(silent)
 
     # -- the restaurant's own console: changes that observers hear about -------------------
 
@@ -242,7 +169,7 @@ class PagerSimulator:
 
     def _changed(self, sessions: list[t7470.Session]) -> list[t7470.Session]:
         """Tell every observer about changed sessions; returns them for the caller's reply."""
-        if self._observers and sessions:
+        if self._server.observers and sessions:
             envelope = self.device.envelope(
                 ["sessions", "statistics"], sessions=sessions, statistics=self.device.statistics()
             )
@@ -250,30 +177,19 @@ class PagerSimulator:
         return sessions
 
     def _broadcast(self, payload: bytes) -> None:
-        for observer in list(self._observers):
-            try:
-                observer.send(payload)
-            except TypeError:
-                # aiocoap's pipe raises this once the observer's interest has ended but before
-                # its render task was cancelled: the client is gone, forget it.
-                self._observers.discard(observer)
+        self._server.notify(payload, t7470.CONTENT_FORMAT_JSON)
 
     async def _ping_loop(self) -> None:
         while True:
             await asyncio.sleep(self.ping_interval)
-            if self._observers:
+            if self._server.observers:
                 self._broadcast(t7470.encode(self.device.envelope(["ping"])))
 
-    async def observe_pipe(self, pipe: Any) -> None:
-        """Serve one request on /v1/notify; an Observe registration lasts until cancelled."""
-        request = pipe.request
-        self._seen(request)
-        await self._delay()
-        try:
-            action = notify_action(request, observable=self.observe)
-        except DeviceError as exc:
-            pipe.add_response(error(exc), is_last=True)
-            return
+    # -- request handling ------------------------------------------------------------------
+
+    def _notify(self, request: Request) -> Response:
+        """/v1/notify: the full list (action=get_sessions) or a ping; the server does Observe."""
+        action = notify_action(request, observable=self.observe)
         if action == "get_sessions":
             envelope = self.device.envelope(
                 ["sessions", "statistics"],
@@ -282,50 +198,18 @@ class PagerSimulator:
             )
         else:
             envelope = self.device.envelope(["ping"])
-        first = reply("2.05", envelope)
-        if request.opt.observe != 0:
-            pipe.add_response(first, is_last=True)
-            return
-        observer = _Observer(pipe)
-        self._observers.add(observer)
-        try:
-            first.opt.observe = 0
-            pipe.add_response(first, is_last=False)
-            # aiocoap cancels this task when the client deregisters, RSTs or stops ACKing.
-            await asyncio.Event().wait()
-        finally:
-            self._observers.discard(observer)
-
-    # -- request handling ------------------------------------------------------------------
+        return reply(CONTENT, envelope)
 
     def _answering(self, handle: Handler) -> Handler:
-        async def answer(request: Any) -> Any:
-            self._seen(request)
-            await self._delay()
+        def answer(request: Request) -> Response:
+            if len(self.client_ports) < _MAX_PORTS:
+                self.client_ports[request.port] = None
             try:
-                return await handle(request)
+                return handle(request)
             except DeviceError as exc:
                 return error(exc)
 
         return answer
-
-    def _seen(self, request: Any) -> None:
-        if len(self.client_ports) < _MAX_PORTS:
-            port = request.remote.hostinfo.rpartition(":")[2]
-            if port.isdigit():
-                self.client_ports[int(port)] = None
-
-    async def _delay(self) -> None:
-        if self.latency > 0:
-            await asyncio.sleep(self.latency)
-
-
-def _free_udp_port(host: str) -> int:
-    # aiocoap's udp6 transport does not report the port it bound, so port 0 is resolved here.
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def serve(

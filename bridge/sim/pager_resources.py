@@ -1,31 +1,40 @@
-"""The T7470's CoAP resources: requests in, `aiocoap.Message` replies out, over a `PagerDevice`.
+"""The T7470's CoAP resources: `Request` in, `Response` out, over a `PagerDevice`.
 
-`bridge.sim.pager` mounts `DeviceResources.routes()` on its aiocoap site and adds Observe, the
-fault controls and the server lifecycle. Bodies must be compact JSON with Content-Format 50;
-every refusal answers `{"error": "<why>"}` (see `bridge.sim.pager` for the list).
+`bridge.sim.pager` mounts `DeviceResources.routes()` on its CoAP server
+(`bridge.sim.coap_server`) and adds Observe, the fault controls and the server lifecycle. The
+handlers are plain functions: they do no I/O. Bodies must be compact JSON with Content-Format
+50; every refusal answers `{"error": "<why>"}` (see `bridge.sim.pager` for the list).
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from collections.abc import Callable
+from typing import Final, TypeVar
 
-import aiocoap
 import msgspec
-from aiocoap.numbers.codes import Code
 
 from bridge import t7470
+from bridge.coapwire import (
+    CHANGED,
+    CONTENT,
+    CREATED,
+    DELETE,
+    DELETED,
+    GET,
+    POST,
+    PUT,
+    VALID,
+)
+from bridge.sim.coap_request import Handler, Request, Response
 from bridge.sim.pager_device import DeviceError, PagerDevice
 
 _T = TypeVar("_T")
-Handler = Callable[[Any], Awaitable[Any]]
 Received = tuple[int, str, str | None]  # number, CoAP method, action ("alert" for /v1/page)
 Changed = Callable[[list[t7470.Session]], list[t7470.Session]]
 
-_CODES: Final = {
-    f"{c >> 5}.{c & 0x1F:02d}": Code(c) for c in (65, 66, 67, 68, 69, 128, 132, 133, 143)
-}
+# The dotted codes a DeviceError carries, as code bytes.
+_CODES: Final = {f"{c >> 5}.{c & 0x1F:02d}": c for c in (65, 66, 67, 68, 69, 128, 132, 133, 143)}
 _CREATE = msgspec.json.Decoder(t7470.CreateSession)
 _UPDATE = msgspec.json.Decoder(t7470.UpdateSession)
 _PAGE = msgspec.json.Decoder(t7470.StandalonePage)
@@ -61,120 +70,113 @@ class DeviceResources:
         if number is not None:
             self.received.append((number, method, action))
 
-    def _sessions_reply(self, code: str, sessions: list[t7470.Session]) -> Any:
+    def _sessions_reply(self, code: int, sessions: list[t7470.Session]) -> Response:
         stats = self.device.statistics()
         envelope = self.device.envelope(
             ["sessions", "statistics"], sessions=sessions, statistics=stats
         )
         return reply(code, envelope)
 
-    async def _sessions(self, request: Any) -> Any:
+    def _sessions(self, request: Request) -> Response:
         number = _number(request, self.device)
-        match request.code:
-            case Code.GET:
-                return self._get_sessions(request, number)
-            case Code.POST:
-                body = _body(request, _CREATE)
-                self._log(body.number, "POST", body.action)
-                return self._sessions_reply("2.01", self._changed(self.device.create(body)))
-            case Code.PUT:
-                if number is None:
-                    raise DeviceError("4.00", "query parameter number is required")
-                update = _body(request, _UPDATE)
-                self._log(number, "PUT", update.action)
-                return self._sessions_reply(
-                    "2.04", self._changed(self.device.update(number, update))
-                )
-            case Code.DELETE:
-                self._log(number, "DELETE", None)
-                ended = self.device.clear_all() if number is None else self.device.delete(number)
-                return self._sessions_reply("2.02", self._changed(ended))
+        method = request.code
+        if method == GET:
+            return self._get_sessions(request, number)
+        if method == POST:
+            body = _body(request, _CREATE)
+            self._log(body.number, "POST", body.action)
+            return self._sessions_reply(CREATED, self._changed(self.device.create(body)))
+        if method == PUT:
+            if number is None:
+                raise DeviceError("4.00", "query parameter number is required")
+            update = _body(request, _UPDATE)
+            self._log(number, "PUT", update.action)
+            return self._sessions_reply(CHANGED, self._changed(self.device.update(number, update)))
+        if method == DELETE:
+            self._log(number, "DELETE", None)
+            ended = self.device.clear_all() if number is None else self.device.delete(number)
+            return self._sessions_reply(DELETED, self._changed(ended))
         raise DeviceError("4.05", "method not allowed on /v1/sessions")
 
-    def _get_sessions(self, request: Any, number: int | None) -> Any:
+    def _get_sessions(self, request: Request, number: int | None) -> Response:
         if number is not None:
             self._log(number, "GET", None)
-            return self._sessions_reply("2.05", self.device.sessions(number))
+            return self._sessions_reply(CONTENT, self.device.sessions(number))
         etag = self.device.etag
-        if etag in request.opt.etags:
-            return aiocoap.Message(code=Code.VALID, etag=etag)
-        answer = self._sessions_reply("2.05", self.device.sessions())
-        answer.opt.etag = etag
+        if etag in request.etags:
+            return Response(VALID, etag=etag)
+        answer = self._sessions_reply(CONTENT, self.device.sessions())
+        answer.etag = etag
         return answer
 
-    async def _history(self, request: Any) -> Any:
-        if request.code == Code.GET:
+    def _history(self, request: Request) -> Response:
+        if request.code == GET:
             history = list(self.device.history)
-            return reply("2.05", self.device.envelope(["session_history"], session_history=history))
-        if request.code == Code.DELETE:
+            return reply(
+                CONTENT, self.device.envelope(["session_history"], session_history=history)
+            )
+        if request.code == DELETE:
             self.device.clear_history()
-            return aiocoap.Message(code=Code.DELETED)
+            return Response(DELETED)
         raise DeviceError("4.05", "method not allowed on /v1/sessions/history")
 
-    async def _statistics(self, request: Any) -> Any:
-        if request.code == Code.GET:
+    def _statistics(self, request: Request) -> Response:
+        if request.code == GET:
             statistics = self.device.statistics()
-            code = "2.05"
-        elif request.code == Code.DELETE:
+            code = CONTENT
+        elif request.code == DELETE:
             statistics = self.device.clear_statistics()
-            code = "2.02"
+            code = DELETED
         else:
             raise DeviceError("4.05", "method not allowed on /v1/sessions/statistics")
         return reply(code, self.device.envelope(["statistics"], statistics=statistics))
 
-    async def _page(self, request: Any) -> Any:
-        if request.code != Code.POST:
+    def _page(self, request: Request) -> Response:
+        if request.code != POST:
             raise DeviceError("4.05", "method not allowed on /v1/page")
         body = _body(request, _PAGE)
         self._log(body.number, "POST", "alert")
         self.device.standalone_page(body)
-        return aiocoap.Message(code=Code.CHANGED)
+        return Response(CHANGED)
 
-    async def _settings(self, request: Any) -> Any:
-        if request.code == Code.GET:
+    def _settings(self, request: Request) -> Response:
+        if request.code == GET:
             settings = self.device.current_settings()
-            return reply("2.05", self.device.envelope(["settings"], settings=settings))
-        if request.code == Code.POST:
+            return reply(CONTENT, self.device.envelope(["settings"], settings=settings))
+        if request.code == POST:
             settings = self.device.update_settings(_body(request, _SETTINGS))
             envelope = self.device.envelope(["settings"], settings=settings)
             payload = t7470.encode(envelope)
             self._broadcast(payload)
-            return reply("2.04", envelope)
+            return Response(CHANGED, payload, t7470.CONTENT_FORMAT_JSON)
         raise DeviceError("4.05", "method not allowed on /v1/settings")
 
 
-def reply(code: str, envelope: t7470.Envelope) -> Any:
-    return aiocoap.Message(
-        code=_CODES[code],
-        payload=t7470.encode(envelope),
-        content_format=t7470.CONTENT_FORMAT_JSON,
-    )
+def reply(code: int, envelope: t7470.Envelope) -> Response:
+    return Response(code, t7470.encode(envelope), t7470.CONTENT_FORMAT_JSON)
 
 
-def error(exc: DeviceError) -> Any:
-    return aiocoap.Message(
-        code=_CODES[exc.code],
-        payload=msgspec.json.encode({"error": exc.message}),
-        content_format=t7470.CONTENT_FORMAT_JSON,
-    )
+def error(exc: DeviceError) -> Response:
+    body = msgspec.json.encode({"error": exc.message})
+    return Response(_CODES[exc.code], body, t7470.CONTENT_FORMAT_JSON)
 
 
-def notify_action(request: Any, *, observable: bool) -> str | None:
+def notify_action(request: Request, *, observable: bool) -> str | None:
     action = query(request).get("action")
     if not observable:
         raise DeviceError("4.04", "Observe is not available on this transmitter")
-    if request.code != Code.GET:
+    if request.code != GET:
         raise DeviceError("4.05", "method not allowed on /v1/notify")
     if action not in (None, "get_sessions"):
         raise DeviceError("4.00", f"unknown action {action!r} (expected get_sessions)")
     return action
 
 
-def query(request: Any) -> dict[str, str]:
-    return dict(item.partition("=")[::2] for item in request.opt.uri_query)
+def query(request: Request) -> dict[str, str]:
+    return dict(item.partition("=")[::2] for item in request.query)
 
 
-def _number(request: Any, device: PagerDevice) -> int | None:
+def _number(request: Request, device: PagerDevice) -> int | None:
     text = query(request).get("number")
     if text is None:
         return None
@@ -183,11 +185,11 @@ def _number(request: Any, device: PagerDevice) -> int | None:
     return device.check_number(int(text))
 
 
-def _body(request: Any, decoder: msgspec.json.Decoder[_T]) -> _T:
+def _body(request: Request, decoder: msgspec.json.Decoder[_T]) -> _T:
     payload = request.payload
     if not payload:
         raise DeviceError("4.00", "request body is required")
-    if request.opt.content_format != t7470.CONTENT_FORMAT_JSON:
+    if request.content_format != t7470.CONTENT_FORMAT_JSON:
         raise DeviceError("4.15", "request body must have Content-Format 50 (application/json)")
     if not is_compact(payload):
         raise DeviceError("4.00", "request body must be compact JSON")
