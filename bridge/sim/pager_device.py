@@ -22,6 +22,7 @@ import collections
 import datetime as dt
 import itertools
 import secrets
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -94,6 +95,8 @@ class PagerDevice:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _offset: dt.timedelta = field(default_factory=dt.timedelta)
     _boot: bytes = field(default_factory=lambda: secrets.token_bytes(4))
+    # The envelope's timestamp of the current device second (strftime per reply is dear).
+    _stamp: tuple[int, str] = (-1, "")
 
     # -- clock and envelopes ---------------------------------------------------------------
 
@@ -105,11 +108,18 @@ class PagerDevice:
         return t7470.Envelope(
             responseTypes=types,
             globalSessionSequence=self.sequence,
-            timestamp=timestamp(self.now()),
+            timestamp=self._timestamp(),
             deviceName=DEVICE_NAME,
             firmwareVersion=FIRMWARE_VERSION,
             **parts,  # type: ignore[arg-type]
         )
+
+    def _timestamp(self) -> str:
+        second = int(time.time() + self._offset.total_seconds())
+        if second != self._stamp[0]:
+            moment = dt.datetime.fromtimestamp(second)  # noqa: DTZ006 - local time, as now()
+            self._stamp = (second, timestamp(moment))
+        return self._stamp[1]
 
     @property
     def etag(self) -> bytes:
