@@ -24,11 +24,11 @@ import sys
 import time
 from typing import Any
 
-import aiomqtt
 import msgspec
 
 from benchmarks import stats, workload
 from benchmarks.coapclient import BareCoap
+from bridge import mqttwire
 
 NODELAY = ((6, 1, 1),)  # IPPROTO_TCP, TCP_NODELAY
 MAX_TIMEOUTS = 50  # a window stops early after this many unanswered commands
@@ -107,88 +107,146 @@ class Pagers:
         self.idle.append((number, step))
 
 
+class _Wire(asyncio.Protocol):
+    """The load generator's MQTT v5 connection, on the bridge's own codec (bridge.mqttwire).
+
+    A load generator should take as little of the two shared cores as it can: it parses every
+    complete packet per read, writes everything produced in one loop iteration with one
+    `write()`, and creates no task or timer per command. Clean session, QoS 1 both ways.
+    """
+
+    def __init__(self, on_publish: Any) -> None:
+        self._decoder = mqttwire.Decoder(v5=True)
+        self._on_publish = on_publish
+        self._out = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self.acks: asyncio.Queue[mqttwire.Packet] = asyncio.Queue()
+        self._ids = itertools.cycle(range(1, 65536))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(*NODELAY[0])
+
+    def data_received(self, data: bytes) -> None:
+        for packet in self._decoder.feed(data):
+            if isinstance(packet, mqttwire.Publish):
+                if packet.qos:
+                    self.send(mqttwire.puback(packet.packet_id))
+                self._on_publish(packet.topic, packet.payload)
+            elif not isinstance(packet, mqttwire.Puback | mqttwire.Pingresp):
+                self.acks.put_nowait(packet)
+
+    def send(self, data: bytes) -> None:
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out += data
+
+    def _flush(self) -> None:
+        if self._transport is not None and self._out:
+            self._transport.write(bytes(self._out))
+        self._out.clear()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.send(mqttwire.publish(topic, payload, qos=1, packet_id=next(self._ids)))
+
+
 class MqttLoad:
+    """Windows of commands; each answer starts the next command, so nothing waits in a task."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.prefixes: tuple[str, ...] = tuple(p for p in args.prefixes.split(",") if p)
         self.pagers = Pagers(args.first_pager, args.pagers)
         self.inflight = min(args.inflight, args.pagers)
         self.transactions = itertools.count(1)
-        self.pending: dict[int, tuple[asyncio.Future[tuple[float, bytes]], float]] = {}
+        # transaction -> (pager, action, sent at)
+        self.pending: dict[int, tuple[int, str, float]] = {}
         self.online = asyncio.Event()
-        self.client: aiomqtt.Client
+        self.window: Window | None = None
+        self.finished = asyncio.Event()
+        self.wire: _Wire
 
     async def serve(self) -> None:
-        # aiomqtt binds the running loop in its constructor: built here, not in __init__.
-        self.client = aiomqtt.Client(
-            "127.0.0.1",
-            self.args.port,
-            identifier=f"bench-loadgen-{os.getpid()}",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            socket_options=NODELAY,
-            max_inflight_messages=1000,
+        loop = asyncio.get_running_loop()
+        _, self.wire = await loop.create_connection(
+            lambda: _Wire(self._message), "127.0.0.1", self.args.port
         )
-        self.client.pending_calls_threshold = 10 * self.inflight + 100
-        async with self.client:
-            results = [f"{p}/pager/+/action/result" for p in self.prefixes] or [
-                "pager/+/action/result"
-            ]
-            state = [f"{p}/bridge/state" for p in self.prefixes] or ["bridge/state"]
-            await self.client.subscribe([(t, 1) for t in results + state])
-            reader = asyncio.create_task(self._read())
-            try:
-                await control(self.handle)
-            finally:
-                reader.cancel()
+        self.wire.send(mqttwire.connect(f"bench-loadgen-{os.getpid()}", clean_start=True))
+        connack = await self.wire.acks.get()
+        if not isinstance(connack, mqttwire.Connack) or connack.reason:
+            raise RuntimeError(f"broker refused the load generator: {connack!r}")
+        results = [f"{p}/pager/+/action/result" for p in self.prefixes] or ["pager/+/action/result"]
+        state = [f"{p}/bridge/state" for p in self.prefixes] or ["bridge/state"]
+        self.wire.send(mqttwire.subscribe(1, [(t, 1) for t in results + state]))
+        await self.wire.acks.get()
+        reaper = asyncio.create_task(self._reap())
+        try:
+            await control(self.handle)
+        finally:
+            reaper.cancel()
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         if request["cmd"] == "online":
             async with asyncio.timeout(request.get("timeout", 30)):
                 await self.online.wait()
             return {"online": True}
-        window = Window(request["count"], request["max_seconds"])
-        async with asyncio.TaskGroup() as group:
-            for _ in range(self.inflight):
-                group.create_task(self._worker(window))
+        window = self.window = Window(request["count"], request["max_seconds"])
+        self.finished.clear()
+        for _ in range(self.inflight):
+            self._issue(window)
+        if self.pending:
+            await self.finished.wait()
+        self.window = None
         return window.report()
 
-    async def _worker(self, window: Window) -> None:
-        loop = asyncio.get_running_loop()
-        while window.more():
-            window.issued += 1
-            number, action = self.pagers.take()
-            transaction = next(self.transactions)
-            future: asyncio.Future[tuple[float, bytes]] = loop.create_future()
-            sent = time.perf_counter()
-            self.pending[transaction] = (future, sent)
-            topic = workload.pager_topic(number, self.prefixes)
-            await self.client.publish(topic, workload.command(action, transaction), qos=1)
-            try:
-                async with asyncio.timeout(self.args.timeout):
-                    received, payload = await future
-            except TimeoutError:
-                window.timeouts += 1
-                self.pending.pop(transaction, None)
-            else:
-                reply = _REPLY.decode(payload)
-                window.done(received - sent, reply.status == "ok", payload)
-            self.pagers.give_back(number, action)
+    def _issue(self, window: Window) -> None:
+        if not window.more():
+            if not self.pending:
+                self.finished.set()
+            return
+        window.issued += 1
+        number, action = self.pagers.take()
+        transaction = next(self.transactions)
+        self.pending[transaction] = (number, action, time.perf_counter())
+        topic = workload.pager_topic(number, self.prefixes)
+        self.wire.publish(topic, workload.command(action, transaction))
 
-    async def _read(self) -> None:
-        async for message in self.client.messages:
-            received = time.perf_counter()
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            if message.topic.value.endswith("bridge/state"):
-                if b"online" in payload:
-                    self.online.set()
+    def _message(self, topic: str, payload: bytes) -> None:
+        received = time.perf_counter()
+        if topic.endswith("bridge/state"):
+            if b"online" in payload:
+                self.online.set()
+            return
+        try:
+            reply = _REPLY.decode(payload)
+        except msgspec.DecodeError:
+            return
+        entry = self.pending.pop(reply.transaction, None) if reply.transaction else None
+        window = self.window
+        if entry is None or window is None:
+            return
+        number, action, sent = entry
+        window.done(received - sent, reply.status == "ok", payload)
+        self.pagers.give_back(number, action)
+        self._issue(window)
+
+    async def _reap(self) -> None:
+        """Count commands unanswered past `--timeout` as timeouts and move on."""
+        while True:
+            await asyncio.sleep(0.25)
+            window = self.window
+            if window is None:
                 continue
-            try:
-                transaction = _REPLY.decode(payload).transaction
-            except msgspec.DecodeError:
-                continue
-            entry = self.pending.pop(transaction, None) if transaction is not None else None
-            if entry is not None and not entry[0].done():
-                entry[0].set_result((received, payload))
+            limit = time.perf_counter() - self.args.timeout
+            for transaction, (number, action, sent) in list(self.pending.items()):
+                if sent < limit:
+                    del self.pending[transaction]
+                    window.timeouts += 1
+                    self.pagers.give_back(number, action)
+                    self._issue(window)
 
 
 class CoapLoad:
