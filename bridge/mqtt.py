@@ -1,82 +1,60 @@
-"""The one module that talks to the MQTT broker (aiomqtt 2.x over paho-mqtt 2.x).
+"""The one module that talks to the MQTT broker: our own lean asyncio MQTT client.
+
+Three layers: `bridge.mqttwire` (packets as bytes, no I/O), `bridge.mqttconn` (one connection:
+flow control, keepalive, the futures waiting on it) and here the session policy above them.
+
+The bridge speaks MQTT 5 / 3.1.1 itself rather than through aiomqtt/paho: those cost 35-40 % of
+its CPU per command (a send() per packet, three recv() per packet, a properties object, a lock
+and several futures and timers per publish). Here, every packet that one read completes is
+handled in one pass, the packets written during one event-loop iteration go out in one write,
+and a publish costs one future: no task, timer or lock per message.
 
 What it guarantees to the rest of the bridge:
 - A persistent session under a fixed client id (clean start off, session expiry configurable),
   so commands published while the bridge is down are delivered when it returns.
 - Manual acknowledgement: an inbound QoS 1 command is PUBACKed only when `ack()` is called, which
-  the dispatcher does after the command's result was published and acknowledged. aiomqtt does not
-  expose paho's `manual_ack`, so it is switched on here, on the wrapped paho client. A PUBACK is
-  only ever sent on the connection the message arrived on: message ids restart per connection, and
+  the dispatcher does after the command's result was published and acknowledged. A PUBACK is
+  only ever sent on the connection the message arrived on: packet ids restart per connection, and
   the broker redelivers whatever was not acknowledged before a reconnect.
 - Retained `bridge/state` online on every (re)connect, offline as the last will and on shutdown.
 - Reconnect with jittered exponential backoff, resubscribing each time; TCP_NODELAY on the socket
   (with Nagle on, every command waits ~40-88 ms on delayed ACKs).
 - `publish()` waits for the broker's PUBACK and rides out a reconnect: while the link is down,
-  publishes wait (bounded by `buffer` waiters; beyond that they are refused and counted).
-- A lost connection is noticed at once, even while the reader waits for the dispatcher to take
-  a message (a full in-flight window), a publish waits for its PUBACK or the set-up for a
-  SUBACK (aiomqtt itself waits out its timeout). Without that, a window full of commands whose
-  results wait for the link keeps the reader from reconnecting (a deadlock until the publish
-  deadline), and a PUBACK lost with the connection holds its publish for the whole `op_timeout`.
+  publishes wait (bounded by `buffer` waiters; beyond that they are refused and counted). At
+  most the broker's Receive Maximum of them are unacknowledged at once; the rest wait their
+  turn in order.
+- A lost connection is noticed at once, and ends every wait on it: publishes waiting for their
+  PUBACK move on to wait for the next connection, the set-up stops, and the reader's wait for
+  the dispatcher to take a message (a full in-flight window) is cancelled. Without that, a window
+  full of commands whose results wait for the link keeps the reader from reconnecting. A silent
+  broker is noticed too: no packet for 1.5 keepalives, or publishes waiting with no PUBACK for
+  `op_timeout`, and the connection is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from typing import Final
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
-from bridge import models
+from bridge import models, mqttwire
 from bridge.config import MqttSettings, broker_address, client_id_or_default
 from bridge.errors import BridgeError, Overloaded
 from bridge.metrics import Metrics
+from bridge.mqttconn import Connection, Inbound, LinkError
 from bridge.topics import Topics, is_publishable
+
+__all__ = ["BROKER_DROPPED", "Inbound", "LinkDown", "MqttLink"]
 
 log = logging.getLogger(__name__)
 
-NODELAY: Final = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 BROKER_DROPPED: Final = "$SYS/broker/publish/messages/dropped"
-T = TypeVar("T")
-
-
-class Inbound:
-    """One received command message, with what is needed to answer and acknowledge it."""
-
-    __slots__ = (
-        "correlation",
-        "expiry",
-        "generation",
-        "mid",
-        "payload",
-        "qos",
-        "received",
-        "response_topic",
-        "topic",
-    )
-
-    def __init__(self, message: aiomqtt.Message, generation: int) -> None:
-        self.topic = message.topic.value
-        payload = message.payload
-        self.payload = payload if isinstance(payload, bytes) else str(payload or "").encode()
-        self.mid = message.mid
-        self.qos = message.qos
-        self.generation = generation
-        self.received = time.perf_counter()
-        props = message.properties
-        self.response_topic: str | None = getattr(props, "ResponseTopic", None)
-        self.correlation: bytes | None = getattr(props, "CorrelationData", None)
-        # Remaining lifetime the broker reports (MQTT v5 Message Expiry Interval), seconds.
-        self.expiry: int | None = getattr(props, "MessageExpiryInterval", None)
+# CONNACK codes that mean "your credentials": v5 0x86/0x87, 3.1.1 4/5.
+_NOT_AUTHORIZED: Final = {True: frozenset({0x86, 0x87}), False: frozenset({4, 5})}
 
 
 Handler = Callable[[Inbound], Awaitable[None]]
@@ -106,14 +84,15 @@ class MqttLink:
         self._topics = topics
         self._metrics = metrics
         self._receive_maximum = max(1, min(receive_maximum, 65535))
-        self._client: aiomqtt.Client | None = None
+        self._conn: Connection | None = None
         self._generation = 0
         self._up = asyncio.Event()
+        self._was_up = False
         self._stopping = False
         self._waiters = asyncio.Semaphore(buffer)
         self._on_connect: list[ConnectHook] = []
-        self._has_room: Callable[[], bool] = bool
-        self._watchers: list[tuple[aiomqtt.Topic | aiomqtt.Wildcard, str, Watcher]] = []
+        # (filter, has wildcards, watcher)
+        self._watchers: list[tuple[str, bool, Watcher]] = []
         self.ready = False
 
     @property
@@ -130,117 +109,172 @@ class MqttLink:
 
     def watch(self, topic_filter: str, watcher: Watcher) -> None:
         """Also subscribe to `topic_filter` (never shared) and pass its messages to `watcher`."""
-        self._watchers.append((aiomqtt.Wildcard(topic_filter), topic_filter, watcher))
+        wild = "+" in topic_filter or "#" in topic_filter
+        self._watchers.append((topic_filter, wild, watcher))
 
     # -- connection lifecycle --------------------------------------------------------------
 
     async def run(self, handler: Handler, *, has_room: Callable[[], bool] = bool) -> None:
         """Connect, subscribe and feed messages to `handler`, reconnecting until `stop()`.
 
-        `handler` is awaited for each message before the next is read: it applies back-pressure
-        by not returning while the bridge is full. `has_room()` says it will return at once;
-        only when it will not is the wait raced against the connection (a task per message).
+        `handler` is awaited for each command message before the next is handed over: it
+        applies back-pressure by not returning while the bridge is full. If the connection is
+        lost meanwhile, that wait is cancelled (so `handler` must be safe to cancel while it
+        waits) and the message is left to the broker to redeliver. `has_room` is no longer
+        needed for that and is ignored; it stays for callers that pass it.
         """
-        self._has_room = has_room
+        del has_room
         attempt = 0
         while not self._stopping:
+            self._was_up = False
             try:
                 await self._session(handler)
-                attempt = 0
-            except aiomqtt.MqttError as exc:
-                reason = _reason(exc)
-                self._metrics.mqtt_connect_failures.labels(reason).inc()
-                if reason == "not_authorized":
+            except LinkError as exc:
+                self._metrics.mqtt_connect_failures.labels(exc.reason).inc()
+                if exc.reason == "not_authorized":
                     log.warning(
                         "MQTT broker refused our credentials or client id (user %r): %s; "
                         "check mqtt.username/password; retrying with backoff",
                         broker_address(self._settings).username,
-                        _describe(exc),
+                        exc,
                     )
                 else:
-                    log.warning("MQTT link down: %s", _describe(exc))
+                    log.warning("MQTT link down: %s", exc)
             finally:
                 self._went_down()
             if self._stopping:
                 break
+            if self._was_up:
+                attempt = 0
             await asyncio.sleep(self._backoff(attempt))
             attempt += 1
             self._metrics.mqtt_reconnects.inc()
 
     async def _session(self, handler: Handler) -> None:
-        client = self._make_client()
-        async with client:
-            self._generation += 1
-            generation = self._generation
-            self._client = client
-            await _until_lost(client, self._subscribe(client))
-            online = client.publish(
-                self._topics.bridge_state, models.ONLINE, qos=1, retain=True, timeout=self._op
-            )
-            await _until_lost(client, online)
+        conn = await self._connect()
+        self._conn = conn
+        try:
+            await self._set_up(conn)
             self._up.set()
+            self._was_up = True
             self._metrics.mqtt_connected.set(1)
             log.info("MQTT connected as %s, subscribed", self.client_id)
             for hook in self._on_connect:
                 await hook()
-            async for message in client.messages:
-                if self._watched(message):
-                    # Not a command: nothing to answer, so acknowledged at once.
-                    if message.qos:
-                        client._client.ack(message.mid, message.qos)  # noqa: SLF001
-                    continue
-                if self._stopping:
-                    # Intake stopped for shutdown: left unacknowledged, redelivered next time.
-                    continue
-                # A message the handler had not taken when the link dropped is redelivered.
-                inbound = Inbound(message, generation)
-                if self._has_room():
-                    await handler(inbound)
-                else:
-                    await _until_lost(client, handler(inbound))
+            if conn.error is None:
+                conn.reader = asyncio.create_task(self._read(conn, handler), name="mqtt-reader")
+                conn.reader.add_done_callback(_reader_done(conn))
+            await conn.closed
+        except asyncio.CancelledError:
+            conn.close()  # shutting down: a clean DISCONNECT, so no will
+            raise
+        finally:
+            conn.abort(LinkError("network", "session ended"))
+        reader = conn.reader
+        if reader is not None and reader.done() and not reader.cancelled():
+            failure = reader.exception()
+            if failure is not None:
+                raise failure
+        assert conn.error is not None
+        raise conn.error
 
-    def _watched(self, message: aiomqtt.Message) -> bool:
-        """Handle non-command messages (broker facts, watchers); True if it was one."""
-        topic = message.topic
-        if topic.value.startswith("$SYS/"):
-            self._broker_fact(message)
-            return True
-        for wildcard, _, watcher in self._watchers:
-            if topic.matches(wildcard):
-                payload = message.payload if isinstance(message.payload, bytes) else b""
-                watcher(topic.value, payload)
-                return True
-        return False
-
-    def _broker_fact(self, message: aiomqtt.Message) -> None:
-        payload = message.payload
-        text = payload.decode(errors="replace") if isinstance(payload, bytes) else str(payload)
+    async def _connect(self) -> Connection:
+        settings, address = self._settings, broker_address(self._settings)
+        self._generation += 1
+        conn = Connection(self._generation, self.v5, self._lost)
+        tls = self._tls_context() if address.tls else None
+        where = f"{address.host}:{address.port}"
         try:
-            self._metrics.broker_dropped.set(float(text))
-        except ValueError:
-            log.debug("unreadable %s: %r", message.topic.value, text[:40])
+            async with asyncio.timeout(self._op):
+                await asyncio.get_running_loop().create_connection(
+                    lambda: conn,
+                    address.host,
+                    address.port,
+                    ssl=tls,
+                    server_hostname=address.host if tls else None,
+                )
+                conn.send(self._connect_packet(address.username, address.password))
+                connack = await conn.connack
+        except TimeoutError as exc:
+            conn.abort(LinkError("timeout", "connect timed out"))
+            raise LinkError("timeout", f"no CONNACK from {where} within {self._op:g} s") from exc
+        except OSError as exc:
+            conn.abort(LinkError("network", str(exc)))
+            raise LinkError("network", f"cannot connect to {where}: {exc}") from exc
+        except asyncio.CancelledError:
+            conn.abort(LinkError("network", "cancelled"))
+            raise
+        if connack.reason:
+            conn.abort(LinkError("refused", "refused"))
+            name = mqttwire.reason_name(connack.reason, v5=self.v5)
+            more = f": {connack.reason_string}" if connack.reason_string else ""
+            text = f"{name} (code {connack.reason}){more}"
+            if connack.reason in _NOT_AUTHORIZED[self.v5]:
+                raise LinkError("not_authorized", text)
+            raise LinkError("refused", f"connection refused: {text}")
+        if connack.maximum_qos < 1:
+            conn.abort(LinkError("refused", "refused"))
+            raise LinkError("refused", "the broker allows QoS 0 only; commands need QoS 1")
+        conn.accepted(connack, settings.keepalive, self._op)
+        return conn
 
-    def _went_down(self) -> None:
-        self._up.clear()
-        self._client = None
-        self.ready = False
-        self._metrics.mqtt_connected.set(0)
+    def _connect_packet(self, username: str | None, password: str | None) -> bytes:
+        will = mqttwire.Will(self._topics.bridge_state, models.OFFLINE, qos=1, retain=True)
+        return mqttwire.connect(
+            self.client_id,
+            v5=self.v5,
+            clean_start=False,
+            keepalive=self._settings.keepalive,
+            will=will,
+            username=username,
+            password=password,
+            session_expiry=self._settings.session_expiry,
+            receive_maximum=self._receive_maximum,
+        )
 
-    async def _subscribe(self, client: aiomqtt.Client) -> None:
-        filters = self._topics.subscriptions(self._settings.shared_group)
-        granted = await client.subscribe([(f, 1) for f in filters], timeout=self._op)
-        codes = [getattr(g, "value", g) for g in granted]
-        if any(not isinstance(c, int) or c > 2 for c in codes):
-            raise aiomqtt.MqttError(f"subscription refused by the broker: {codes}")
-        if any(c == 0 for c in codes):
-            log.warning("broker granted QoS 0 only; commands may be lost: %s", codes)
-        self.ready = True
-        for _, topic_filter, _ in self._watchers:
-            await client.subscribe(topic_filter, qos=1, timeout=self._op)
+    async def _set_up(self, conn: Connection) -> None:
+        """Subscribe (commands, watchers, broker facts) in one SUBSCRIBE, then publish online."""
+        commands = self._topics.subscriptions(self._settings.shared_group)
+        filters = [(f, 1) for f in commands] + [(f, 1) for f, _, _ in self._watchers]
         if self._settings.broker_stats:
             # Mosquitto counts messages it dropped (queue limits) here; other brokers may not.
-            # A refusal (ACL) only costs the metric, so it is not an error.
-            await client.subscribe(BROKER_DROPPED, qos=0, timeout=self._op)
+            filters.append((BROKER_DROPPED, 0))
+        try:
+            async with asyncio.timeout(self._op):
+                codes = await conn.subscribe(filters)
+                self._check_granted(filters, codes, len(commands))
+                online = conn.publish(self._topics.bridge_state, models.ONLINE, True, None)
+                await online
+        except TimeoutError as exc:
+            what = f"no SUBACK or PUBACK within {self._op:g} s"
+            raise LinkError("timeout", f"subscribing timed out: {what}") from exc
+
+    def _check_granted(self, filters: list[tuple[str, int]], codes: list[int], count: int) -> None:
+        if len(codes) != len(filters):
+            raise LinkError("network", f"SUBACK with {len(codes)} codes for {len(filters)}")
+        granted = codes[:count]
+        if any(code > 2 for code in granted):
+            names = [mqttwire.reason_name(c, mqttwire.SUBACK, v5=self.v5) for c in granted]
+            raise LinkError("refused", f"subscription refused by the broker: {names}")
+        if any(code == 0 for code in granted):
+            log.warning("broker granted QoS 0 only; commands may be lost: %s", granted)
+        self.ready = True
+        for (topic_filter, _), code in zip(filters[count:], codes[count:], strict=True):
+            # A refused $SYS subscription (ACL) only costs the metric: not an error.
+            if code > 2 and topic_filter != BROKER_DROPPED:
+                log.warning("subscription to %s refused by the broker (0x%02X)", topic_filter, code)
+
+    def _lost(self, conn: Connection) -> None:
+        if conn is self._conn:
+            self._up.clear()
+            self.ready = False
+            self._metrics.mqtt_connected.set(0)
+
+    def _went_down(self) -> None:
+        self._conn = None
+        self._up.clear()
+        self.ready = False
+        self._metrics.mqtt_connected.set(0)
 
     def _backoff(self, attempt: int) -> float:
         low, high = self._settings.reconnect_min, self._settings.reconnect_max
@@ -250,38 +284,6 @@ class MqttLink:
     @property
     def _op(self) -> float:
         return self._settings.op_timeout
-
-    def _make_client(self) -> aiomqtt.Client:
-        address = broker_address(self._settings)
-        will = aiomqtt.Will(self._topics.bridge_state, models.OFFLINE, qos=1, retain=True)
-        kwargs: dict[str, object] = {}
-        if self.v5:
-            props = _properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self._settings.session_expiry
-            props.ReceiveMaximum = self._receive_maximum
-            kwargs.update(protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props)
-        else:
-            kwargs.update(protocol=aiomqtt.ProtocolVersion.V311, clean_session=False)
-        client = aiomqtt.Client(
-            address.host,
-            address.port,
-            username=address.username,
-            password=address.password,
-            identifier=self.client_id,
-            will=will,
-            keepalive=self._settings.keepalive,
-            timeout=self._op,
-            tls_context=self._tls_context() if address.tls else None,
-            socket_options=NODELAY,
-            logger=log,
-            **kwargs,  # type: ignore[arg-type]
-        )
-        # See the module docstring: acknowledge only once the result is out.
-        client._client.manual_ack_set(True)  # noqa: SLF001
-        # aiomqtt warns past 10 outstanding publishes; with a window of commands in flight, each
-        # publishing a result, an event and state, many more are normal.
-        client.pending_calls_threshold = 8 * self._receive_maximum
-        return client
 
     def _tls_context(self) -> ssl.SSLContext:
         # Hostname verification stays on: check_hostname and CERT_REQUIRED are the defaults.
@@ -301,23 +303,58 @@ class MqttLink:
         commands for the bridge while it is away.
         """
         self._stopping = True
-        client = self._client
-        if client is not None:
-            try:
-                await client.publish(
-                    self._topics.bridge_state, models.OFFLINE, qos=1, retain=True, timeout=2
-                )
-            except aiomqtt.MqttError as exc:
-                log.warning("could not publish offline state: %s", _describe(exc))
+        conn = self._conn
+        if conn is None or conn.error is not None:
+            return
+        try:
+            async with asyncio.timeout(2):
+                await conn.publish(self._topics.bridge_state, models.OFFLINE, True, None)
+        except TimeoutError:
+            log.warning("could not publish offline state: no PUBACK within 2 s")
+        except LinkError as exc:
+            log.warning("could not publish offline state: %s", exc)
 
     # -- messages --------------------------------------------------------------------------
 
+    async def _read(self, conn: Connection, handler: Handler) -> None:
+        """Hand messages to `handler` in order, one at a time; cancelled when `conn` is lost."""
+        inbox = conn.inbox
+        while True:
+            while inbox:
+                inbound = inbox.popleft()
+                if self._watched(conn, inbound) or self._stopping:
+                    # Intake stopped for shutdown: left unacknowledged, redelivered next time.
+                    continue
+                await handler(inbound)
+            await conn.next_batch()
+
+    def _watched(self, conn: Connection, inbound: Inbound) -> bool:
+        """Handle non-command messages (broker facts, watchers); True if it was one."""
+        topic = inbound.topic
+        if topic.startswith("$SYS/"):
+            self._broker_fact(topic, inbound.payload)
+            return True
+        for topic_filter, wild, watcher in self._watchers:
+            if topic == topic_filter or (wild and mqttwire.matches(topic_filter, topic)):
+                watcher(topic, inbound.payload)
+                if inbound.qos:
+                    # Not a command: nothing to answer, so acknowledged at once.
+                    conn.send(mqttwire.puback(inbound.mid))
+                return True
+        return False
+
+    def _broker_fact(self, topic: str, payload: bytes) -> None:
+        text = payload.decode(errors="replace")
+        try:
+            self._metrics.broker_dropped.set(float(text))
+        except ValueError:
+            log.debug("unreadable %s: %r", topic, text[:40])
+
     def ack(self, inbound: Inbound) -> None:
         """PUBACK `inbound` if it came on the live connection; otherwise the broker redelivers."""
-        client = self._client
-        if inbound.qos == 0 or client is None or inbound.generation != self._generation:
-            return
-        client._client.ack(inbound.mid, inbound.qos)  # noqa: SLF001
+        conn = self._conn
+        if inbound.qos and conn is not None and inbound.generation == conn.generation:
+            conn.send(mqttwire.puback(inbound.mid))
 
     async def publish(
         self,
@@ -331,24 +368,23 @@ class MqttLink:
         """Publish at QoS 1 and wait for the PUBACK, across reconnects, within `deadline` s."""
         if not is_publishable(topic):
             raise ValueError(f"refusing to publish to {topic!r}")
-        props = None
-        if correlation is not None and self.v5:
-            props = _properties(PacketTypes.PUBLISH)
-            props.CorrelationData = correlation
-        client = self._client
-        if client is not None and self._up.is_set():
+        if not self.v5:
+            correlation = None
+        conn = self._conn
+        if conn is not None and self._up.is_set():
             try:
-                await _until_lost(
-                    client, client.publish(topic, payload, qos=1, retain=retain, properties=props)
-                )
-            except aiomqtt.MqttError:
+                await conn.publish(topic, payload, retain, correlation)
+            except LinkError:
                 pass  # the link dropped mid-publish: fall through to wait for the next one
+            except Overloaded:
+                self._metrics.outbound_dropped.inc()
+                raise
             else:
                 return
-        await self._publish_later(topic, payload, retain, props, deadline)
+        await self._publish_later(topic, payload, retain, correlation, deadline)
 
     async def _publish_later(
-        self, topic: str, payload: bytes, retain: bool, props: Properties | None, deadline: float
+        self, topic: str, payload: bytes, retain: bool, correlation: bytes | None, deadline: float
     ) -> None:
         if self._waiters.locked():
             self._metrics.outbound_dropped.inc()
@@ -360,62 +396,28 @@ class MqttLink:
                     await asyncio.wait_for(self._up.wait(), left)
                 except TimeoutError:
                     break
-                client = self._client
-                if client is None:
+                conn = self._conn
+                if conn is None or conn.error is not None:
+                    await asyncio.sleep(0.05)  # between connections: _up is about to clear
                     continue
                 try:
-                    await _until_lost(
-                        client,
-                        client.publish(topic, payload, qos=1, retain=retain, properties=props),
-                    )
-                except aiomqtt.MqttError:
-                    self._up.clear()
-                    await asyncio.sleep(0.05)
+                    await conn.publish(topic, payload, retain, correlation)
+                except LinkError:
+                    continue  # lost again: _up is clear, so the next wait really waits
+                except Overloaded:
+                    self._metrics.outbound_dropped.inc()
+                    raise
                 else:
                     return
         self._metrics.outbound_dropped.inc()
         raise LinkDown(f"broker unreachable for {deadline:.0f} s; message to {topic} not sent")
 
 
-async def _until_lost(client: aiomqtt.Client, work: Awaitable[T]) -> T:
-    """Await `work`, but give up with MqttError as soon as `client`'s connection is lost.
+def _reader_done(conn: Connection) -> Callable[[asyncio.Task[None]], None]:
+    """If the reader fails (a bug in the handler), drop the connection so `run()` sees it."""
 
-    `work` must be safe to cancel at its await points (dispatch's `submit` waits only for a slot).
-    """
-    lost = client._disconnected  # noqa: SLF001 - aiomqtt's own "connection ended" future
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-        await task
-    raise aiomqtt.MqttError("connection to the broker lost")
+    def done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            conn.abort(LinkError("network", f"message handler failed: {task.exception()!r}"))
 
-
-def _properties(packet: int) -> Properties:
-    return Properties(packet)  # type: ignore[no-untyped-call] # paho leaves it unannotated
-
-
-def _reason(exc: aiomqtt.MqttError) -> str:
-    if isinstance(exc, aiomqtt.MqttCodeError):
-        rc = getattr(exc, "rc", None)
-        name = getattr(rc, "getName", None)
-        if callable(name):
-            text = str(name()).lower()
-            if "not authorized" in text or "bad user" in text:
-                return "not_authorized"
-        return "refused"
-    text = str(exc).lower()
-    if "timed out" in text:
-        return "timeout"
-    return "network"
-
-
-def _describe(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    return f"{exc} ({cause})" if cause else str(exc)
+    return done

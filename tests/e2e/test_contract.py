@@ -151,10 +151,10 @@ async def test_broker_restart(bridge: Bridge, broker: Mosquitto) -> None:
 
 
 async def test_mqtt_socket_has_nagle_off(bridge: Bridge) -> None:
-    client = bridge.sites[0].link._client
-    assert client is not None
-    sock = client._client.socket()
-    assert isinstance(sock, socket.socket)
+    conn = bridge.sites[0].link._conn
+    assert conn is not None
+    assert conn.transport is not None
+    sock = conn.transport.get_extra_info("socket")
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
