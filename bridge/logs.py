@@ -1,7 +1,7 @@
 """Logging set-up: readable text by default, JSON lines by config; secrets scrubbed always.
 
 The scrubber replaces every configured secret with *** in the final text of each record, whatever
-logged it (our code, paho, httpx), so a password can never reach the log even by accident.
+logged it (our code or a library), so a password can never reach the log even by accident.
 """
 
 from __future__ import annotations
