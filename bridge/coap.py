@@ -18,10 +18,11 @@ peer, so the two implementations check each other.
 Endpoints (one connected UDP socket = one source port = one MID and token space):
 
 - Requests go one at a time (a constrained device expects NSTART=1 from us anyway) over a
-  request endpoint that is replaced after `rotate_after` requests. CoAP message IDs are 16-bit
-  and must not be reused within EXCHANGE_LIFETIME (247 s, RFC 7252 §4.8.2): one socket sending
-  faster than ~265 CON/s for four minutes would wrap them. A fresh socket is a fresh endpoint
-  with its own MID space, so rotation removes that ceiling. Because requests are serialised, the
+  request endpoint that is replaced after `rotate_after` requests (each block of a block-wise
+  answer counts: it takes a message ID). CoAP message IDs are 16-bit and must not be reused
+  within EXCHANGE_LIFETIME (247 s, RFC 7252 §4.8.2): one socket sending faster than ~265 CON/s
+  for four minutes would wrap them. A fresh socket is a fresh endpoint with its own MID space,
+  so rotation removes that ceiling. Because requests are serialised, the
   old endpoint has nothing in flight when it is rotated out and is closed at once.
 - After a timeout, a network error (ICMP) or a cancelled exchange the request endpoint is
   discarded too: its unanswered CON would otherwise still be retransmitted, a late answer to it
@@ -227,20 +228,17 @@ class Transmitter:
         token = endpoint.new_token()
         endpoint.listen(token, inbox)
         plain = self._request(coapwire.GET, path, query, None, None)
-        registered = False
         try:
             registration = self._request(coapwire.GET, path, query, None, None, _OBSERVE_REGISTER)
-            first = await self._registered(endpoint, registration, plain, token)
-            registered = first[1]
-            yield first[0]
-            if not registered:
+            yield await self._registered(endpoint, registration, plain, token, inbox)
+            if not inbox.registered:
                 return
             inbox.watch(idle)
             while (note := await self._next(endpoint, inbox, plain)) is not None:
                 yield note
         finally:
             inbox.close()
-            if registered and not inbox.ended and not endpoint.closed:
+            if inbox.registered and not inbox.ended and not endpoint.closed:
                 # RFC 7641 §3.6: deregister. Not awaited: the socket closes now, and a device
                 # that missed this gets an ICMP error (or would get an RST) for its next one.
                 deregister = self._request(
@@ -253,23 +251,25 @@ class Transmitter:
     # -- internals -------------------------------------------------------------------------
 
     async def _registered(
-        self, endpoint: Endpoint, registration: _Request, plain: _Request, token: bytes
-    ) -> tuple[CoapReply, bool]:
-        """The registration's (whole) first response, and whether the device registered us."""
+        self,
+        endpoint: Endpoint,
+        registration: _Request,
+        plain: _Request,
+        token: bytes,
+        inbox: _Inbox,
+    ) -> CoapReply:
+        """The registration's (whole) first response; tells `inbox` whether we are registered."""
         try:
             deadline = asyncio.get_running_loop().time() + self._timeout
             response = await endpoint.request(
                 coapwire.GET, registration.options, b"", deadline, token=token
             )
-            # A reply without the Observe option (or an error) means we are not registered.
-            registered = response.code >> 5 == 2 and response.option(OBSERVE) is not None
+            inbox.begin(response)
             if response.option(BLOCK2) is not None:
-                return await self._whole(endpoint, plain, response, deadline), registered
+                return await self._whole(endpoint, plain, response, deadline)
         except Exception as exc:
             raise self._mapped(exc) from exc
-        return CoapReply(
-            _DOTTED[response.code], response.payload, response.option(ETAG)
-        ), registered
+        return CoapReply(_DOTTED[response.code], response.payload, response.option(ETAG))
 
     async def _next(self, endpoint: Endpoint, inbox: _Inbox, plain: _Request) -> CoapReply | None:
         """The next notification (whole), or None when the device ended the observation."""
@@ -424,6 +424,7 @@ class _Inbox:
         "_timer",
         "_waiter",
         "ended",
+        "registered",
     )
 
     def __init__(self, timeout: str, detail: dict[str, str]) -> None:
@@ -438,6 +439,7 @@ class _Inbox:
         self._timer: asyncio.TimerHandle | None = None
         self._timeout = (timeout, detail)
         self.ended = False  # the device ended the observation (its last message is queued)
+        self.registered = False
 
     def notify(self, message: Message) -> bool:
         """From the endpoint: one message for the registration's token; False rejects it."""
@@ -466,6 +468,15 @@ class _Inbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         return True
+
+    def begin(self, response: Message) -> None:
+        """The registration's response: registered or not, and the first sequence number."""
+        observe = response.option(OBSERVE)
+        # A reply without the Observe option (or an error) means we are not registered.
+        self.registered = response.code >> 5 == 2 and observe is not None
+        if observe is not None and self._sequence is None:
+            self._sequence = to_uint(observe)
+            self._stamp = self._loop.time()
 
     def fail(self, exc: BaseException) -> None:
         if self._error is None:

@@ -98,6 +98,21 @@ class _Exchange:
 class Endpoint(asyncio.DatagramProtocol):
     """A connected UDP socket to the device with the CoAP message layer; see the module doc."""
 
+    __slots__ = (
+        "_by_mid",
+        "_by_token",
+        "_listeners",
+        "_loop",
+        "_mid",
+        "_ring",
+        "_ring_at",
+        "_seen",
+        "_token",
+        "_transport",
+        "closed",
+        "used",
+    )
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.DatagramTransport | None = None
@@ -107,6 +122,8 @@ class Endpoint(asyncio.DatagramProtocol):
         self._by_mid: dict[int, _Exchange] = {}
         self._listeners: dict[bytes, Listener] = {}
         self._seen: dict[int, int | None] = {}  # peer MID -> what we answered (ACK, RST, None)
+        self._ring = [-1] * _SEEN  # the same MIDs in arrival order, to forget the oldest
+        self._ring_at = 0
         self.closed = False
         self.used = 0  # requests sent (the Transmitter rotates on this)
 
@@ -237,11 +254,11 @@ class Endpoint(asyncio.DatagramProtocol):
             self._fail_all(exc or EndpointClosed())
 
     def error_received(self, exc: Exception) -> None:
-        # ICMP (port/host unreachable) for something we sent: the device is not there. Every
-        # exchange fails and the owner discards this endpoint.
+        # ICMP (port/host unreachable) for something we sent: the device is not there, or not
+        # on this port. Everything running fails with it and the socket is not trusted again.
         if log.isEnabledFor(logging.DEBUG):
             log.debug("CoAP endpoint error: %r", exc)
-        self._fail_all(exc)
+        self.close(exc)
 
     def datagram_received(self, data: bytes, addr: object) -> None:  # noqa: ARG002 - connected socket: always the device
         try:
@@ -263,11 +280,18 @@ class Endpoint(asyncio.DatagramProtocol):
             return
         accepted = self._incoming(message)
         answer = (_EMPTY_ACK if accepted else _EMPTY_RST) if mtype == CON else None
-        if len(self._seen) >= _SEEN:
-            del self._seen[next(iter(self._seen))]
-        self._seen[mid] = answer
+        self._remember(mid, answer)
         if answer is not None:
             self._reply(answer, mid)
+
+    def _remember(self, mid: int, answer: int | None) -> None:
+        at = self._ring_at
+        oldest = self._ring[at]
+        if oldest >= 0:
+            del self._seen[oldest]
+        self._ring[at] = mid
+        self._ring_at = (at + 1) % _SEEN
+        self._seen[mid] = answer
 
     def _answered(self, message: Message) -> None:
         """An ACK or RST for one of our confirmable messages."""

@@ -32,7 +32,7 @@ from bridge.coapwire import (
     parse_block,
     uint,
 )
-from bridge.errors import UpstreamError, UpstreamTimeout
+from bridge.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 Address = tuple[str, int]
 SESSIONS = "/v1/sessions"
@@ -482,3 +482,30 @@ async def test_registration_answered_separately(tx: Transmitter, peer: Peer) -> 
     await acked(peer, note(peer, addr, request.token, 2, b"2"))
     assert (await anext(stream)).payload == b"2"
     await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_sequence_numbers_wrap_around(tx: Transmitter, peer: Peer) -> None:
+    stream = tx.observe("/v1/notify")
+    first = asyncio.ensure_future(anext(stream))
+    request, addr = await peer.receive()
+    newest = (1 << 24) - 2
+    options = [(OBSERVE, uint(newest))]
+    peer.send(addr, ACK, coapwire.CONTENT, request.mid, request.token, options, b"a")
+    await first
+    # RFC 7641 §3.4: 1 is newer than 2^24 - 2 (it wrapped); 2^24 - 3 is older.
+    await acked(peer, note(peer, addr, request.token, newest - 1, b"older"))
+    await acked(peer, note(peer, addr, request.token, 1, b"wrapped"))
+    assert (await anext(stream)).payload == b"wrapped"
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_icmp_fails_the_exchange_and_the_socket_is_replaced(tx: Transmitter) -> None:
+    await tx.start()
+    task = spawn(tx)
+    await asyncio.sleep(0)
+    endpoint = tx._current
+    assert endpoint is not None
+    endpoint.error_received(ConnectionRefusedError(111, "Connection refused"))
+    with pytest.raises(UpstreamUnavailable, match="unreachable"):
+        await task
+    assert endpoint.closed
