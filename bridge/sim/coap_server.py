@@ -14,9 +14,8 @@ What it does with a datagram:
 - NON request: answered with a NON (a fresh MID, the same token).
 - With `latency > 0`, a CON is acknowledged at once with an empty ACK and the response follows
   after `latency` seconds as a separate CON response (§5.2.2); a NON is answered after `latency`.
-- Our own CONs (separate responses, notifications) are retransmitted with exponential back-off
-  from ACK_TIMEOUT up to MAX_RETRANSMIT times (§4.2); each ends with its `done(acked)` callback:
-  False for an RST, for exhausted retransmissions and for an ICMP error from that remote.
+- Our own CONs (separate responses, notifications) are retransmitted until ACKed or given up
+  (`bridge.sim.coap_reliable`).
 - Empty CON (CoAP ping), and a CON that is not a request: RST. Malformed datagrams: RST when the
   header is readable and says CON, otherwise ignored (§4.2, §4.3).
 - Unknown path: 4.04; refused options: see `bridge.sim.coap_request`.
@@ -25,6 +24,9 @@ What it does with a datagram:
   the body has expired there, a GET is rendered afresh (the ETag tells the client whether it
   still matches); any other method is refused with 4.08, never executed twice.
 - `silent`: every datagram is swallowed (the port stays bound, nothing answers).
+
+Notifications a handler causes (`notify()` during a request) go out right after that request's
+answer, so the client that made the change is not kept waiting behind them.
 
 ICMP errors: the socket has IP_RECVERR (Linux), so a datagram sent to a port nobody listens on
 any more comes back as an error naming that address; every exchange with it is failed and its
@@ -40,8 +42,8 @@ import random
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Final
 
 from bridge.coapwire import (
     ACK,
@@ -62,8 +64,10 @@ from bridge.coapwire import (
 )
 from bridge.sim.coap_blocks import BLOCK_SZX, Answer, Blocks, Representation
 from bridge.sim.coap_observe import Observer, Observers
+from bridge.sim.coap_reliable import Address, Confirmables
 from bridge.sim.coap_request import (
     Handler,
+    Options,
     Refusal,
     Request,
     Response,
@@ -74,10 +78,6 @@ from bridge.sim.coap_request import (
 
 log = logging.getLogger(__name__)
 
-# Transmission parameters (RFC 7252 §4.8).
-ACK_TIMEOUT: Final = 2.0
-ACK_RANDOM_FACTOR: Final = 1.5
-MAX_RETRANSMIT: Final = 4
 EXCHANGE_LIFETIME: Final = 247.0
 # Answers kept for duplicate CONs. At 1,000 requests/s this covers ~8 s rather than 247 s:
 # enough for the retransmissions that really happen on a loopback or LAN (the first after 2-3 s).
@@ -86,23 +86,7 @@ _EMPTY: Final = 0
 _IP_RECVERR: Final = 11  # <linux/in.h>; the socket module does not export it
 _IPV6_RECVERR: Final = 25  # <linux/in6.h>
 
-Address = tuple[Any, ...]
-Done = Callable[[bool], None]
-
-
-class _Transmission:
-    """One of our CONs awaiting its ACK."""
-
-    __slots__ = ("addr", "data", "done", "handle", "key", "timeout", "tries")
-
-    def __init__(self, key: tuple[Address, int], data: bytes, done: Done | None) -> None:
-        self.key = key
-        self.addr = key[0]
-        self.data = data
-        self.done = done
-        self.timeout = ACK_TIMEOUT * random.uniform(1.0, ACK_RANDOM_FACTOR)  # noqa: S311
-        self.tries = 0
-        self.handle: asyncio.TimerHandle | None = None
+Outcome = tuple[int, Options, bytes, Observer | None]  # code, options, payload, registered
 
 
 class CoapServer(asyncio.DatagramProtocol):
@@ -126,11 +110,14 @@ class CoapServer(asyncio.DatagramProtocol):
         self._recent: collections.OrderedDict[tuple[Address, int], tuple[float, bytes]] = (
             collections.OrderedDict()
         )
-        self._outstanding: dict[tuple[Address, int], _Transmission] = {}
+        self._confirmables = Confirmables(self._send)
         self._blocks = Blocks()
         self._mid = random.getrandbits(16)
         self._etags = random.getrandbits(32) << 32
         self._epoch = 0  # bumped on silence and close: late answers from before are dropped
+        # Notifications raised while a request is handled, sent after its answer.
+        self._answering = False
+        self._after_answer: list[Response] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -174,10 +161,7 @@ class CoapServer(asyncio.DatagramProtocol):
 
     def _forget(self) -> None:
         self._epoch += 1
-        for transmission in self._outstanding.values():
-            if transmission.handle is not None:
-                transmission.handle.cancel()
-        self._outstanding.clear()
+        self._confirmables.clear()
         self._recent.clear()
         self._blocks.clear()
         self.observers.clear()
@@ -196,7 +180,7 @@ class CoapServer(asyncio.DatagramProtocol):
             return
         mtype = message.mtype
         if mtype >= ACK:
-            self._answered(addr, message.mid, acked=mtype == ACK)
+            self._confirmables.answered(addr, message.mid, acked=mtype == ACK)
         elif not 0 < message.code < 32:  # a ping, or a response we never asked for
             if mtype == CON:
                 self._send(encode(RST, _EMPTY, message.mid, b""), addr)
@@ -210,13 +194,15 @@ class CoapServer(asyncio.DatagramProtocol):
     def _answer(self, addr: Address, message: Message) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request from %s: %r", addr, message)
-        code, options, payload, _ = self._process(addr, message)
+        code, options, payload, _ = self._handle(addr, message)
         if message.mtype == CON:
             answer = encode(ACK, code, message.mid, message.token, options, payload)
             self._remember((addr, message.mid), answer)
         else:
             answer = encode(NON, code, self._next_mid(), message.token, options, payload)
         self._send(answer, addr)
+        if self._after_answer:
+            self._notify_held()
 
     def _duplicate(self, addr: Address, mid: int) -> bool:
         """Answer a CON seen before from the cache (§4.5); True when it was one."""
@@ -240,26 +226,19 @@ class CoapServer(asyncio.DatagramProtocol):
         """The separate response to a request that waited `latency` seconds."""
         if epoch != self._epoch or self._transport is None:
             return
-        code, options, payload, observer = self._process(addr, message)
+        code, options, payload, observer = self._handle(addr, message)
         mid = self._next_mid()
         if message.mtype != CON:
             self._send(encode(NON, code, mid, message.token, options, payload), addr)
-            return
-        data = encode(CON, code, mid, message.token, options, payload)
-        if observer is None:
-            self.send_confirmable(addr, mid, data, None)
         else:
-            observer.busy = True  # its notifications wait until this first response is ACKed
-            self.send_confirmable(addr, mid, data, observer.sent)
-
-    def _answered(self, addr: Address, mid: int, *, acked: bool) -> None:
-        transmission = self._outstanding.pop((addr, mid), None)
-        if transmission is None:
-            return
-        if transmission.handle is not None:
-            transmission.handle.cancel()
-        if transmission.done is not None:
-            transmission.done(acked)
+            done = None
+            if observer is not None:  # its notifications wait until this response is ACKed
+                observer.busy = True
+                done = observer.sent
+            data = encode(CON, code, mid, message.token, options, payload)
+            self._confirmables.send(addr, mid, data, done)
+        if self._after_answer:
+            self._notify_held()
 
     def error_received(self, exc: Exception) -> None:
         # With IP_RECVERR the error queue says which remote was unreachable; drain it all
@@ -276,13 +255,19 @@ class CoapServer(asyncio.DatagramProtocol):
             log.debug("socket error: %s", exc)
 
     def _unreachable(self, addr: Address) -> None:
-        for key in [key for key in self._outstanding if key[0] == addr]:
-            self._answered(addr, key[1], acked=False)
+        self._confirmables.fail_remote(addr)
         self.observers.drop_remote(addr)
 
     # -- requests and responses ------------------------------------------------------------
 
-    def _process(self, addr: Address, message: Message) -> tuple[int, Any, bytes, Observer | None]:
+    def _handle(self, addr: Address, message: Message) -> Outcome:
+        self._answering = True
+        try:
+            return self._process(addr, message)
+        finally:
+            self._answering = False
+
+    def _process(self, addr: Address, message: Message) -> Outcome:
         """Handle one request: (code, options, payload, the observer it registered)."""
         try:
             request, block2 = parse_request(message, addr[1])
@@ -325,7 +310,16 @@ class CoapServer(asyncio.DatagramProtocol):
 
     def notify(self, payload: bytes, content_format: int | None) -> None:
         """Queue `payload` as the next notification for every observer (in order, each ACKed)."""
-        self.observers.broadcast(Response(CONTENT, payload, content_format))
+        note = Response(CONTENT, payload, content_format)
+        if self._answering:
+            self._after_answer.append(note)
+        else:
+            self.observers.broadcast(note)
+
+    def _notify_held(self) -> None:
+        notes, self._after_answer = self._after_answer, []
+        for note in notes:
+            self.observers.broadcast(note)
 
     def _notify_one(self, observer: Observer, note: Response) -> None:
         """Send `note` to `observer` as a CON with its current sequence; `observer.sent` hears."""
@@ -344,33 +338,13 @@ class CoapServer(asyncio.DatagramProtocol):
             answer = note.code, options, note.payload
         mid = self._next_mid()
         data = encode(CON, answer[0], mid, observer.token, answer[1], answer[2])
-        self.send_confirmable(observer.addr, mid, data, observer.sent)
+        self._confirmables.send(observer.addr, mid, data, observer.sent)
 
     def _end_observation(self, observer: Observer, code: int) -> None:
         """Tell a dropped observer its observation is over: an error response ends it (§3.2)."""
         self._send(encode(NON, code, self._next_mid(), observer.token), observer.addr)
 
     # -- outgoing --------------------------------------------------------------------------
-
-    def send_confirmable(self, addr: Address, mid: int, data: bytes, done: Done | None) -> None:
-        """Send a CON and retransmit it until ACKed, RST or given up (`done(False)`)."""
-        transmission = _Transmission((addr, mid), data, done)
-        self._outstanding[transmission.key] = transmission
-        loop = asyncio.get_running_loop()
-        transmission.handle = loop.call_later(transmission.timeout, self._retransmit, transmission)
-        self._send(data, addr)
-
-    def _retransmit(self, transmission: _Transmission) -> None:
-        if self._outstanding.get(transmission.key) is not transmission:
-            return
-        if transmission.tries >= MAX_RETRANSMIT:
-            self._answered(transmission.addr, transmission.key[1], acked=False)
-            return
-        transmission.tries += 1
-        transmission.timeout *= 2
-        loop = asyncio.get_running_loop()
-        transmission.handle = loop.call_later(transmission.timeout, self._retransmit, transmission)
-        self._send(transmission.data, transmission.addr)
 
     def _send(self, data: bytes, addr: Address, *, again: bool = True) -> None:
         # Straight to the socket: a datagram either leaves now or is lost (a full send buffer),

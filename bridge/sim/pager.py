@@ -80,7 +80,7 @@ class PagerSimulator:
         self.client_ports: dict[int, None] = {}
         self._silent = False
         self._pinger: asyncio.Task[None] | None = None
-        resources = DeviceResources(self.device, self._changed, self._broadcast, self.received)
+        resources = DeviceResources(self.device, self._broadcast, self.received)
         routes = {path: self._answering(handle) for path, handle in resources.routes()}
         routes[NOTIFY] = self._answering(self._notify)
         self._server = CoapServer(routes, observable=NOTIFY, latency=latency)
@@ -177,7 +177,8 @@ class PagerSimulator:
         return sessions
 
     def _broadcast(self, payload: bytes) -> None:
-        self._server.notify(payload, t7470.CONTENT_FORMAT_JSON)
+        if self._server.observers:
+            self._server.notify(payload, t7470.CONTENT_FORMAT_JSON)
 
     async def _ping_loop(self) -> None:
         while True:

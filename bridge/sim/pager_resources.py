@@ -31,7 +31,6 @@ from bridge.sim.pager_device import DeviceError, PagerDevice
 
 _T = TypeVar("_T")
 Received = tuple[int, str, str | None]  # number, CoAP method, action ("alert" for /v1/page)
-Changed = Callable[[list[t7470.Session]], list[t7470.Session]]
 
 # The dotted codes a DeviceError carries, as code bytes.
 _CODES: Final = {f"{c >> 5}.{c & 0x1F:02d}": c for c in (65, 66, 67, 68, 69, 128, 132, 133, 143)}
@@ -43,17 +42,15 @@ _WHITESPACE: Final = frozenset(b" \t\r\n")
 
 
 class DeviceResources:
-    """Handlers for every resource but /v1/notify. `changed` and `broadcast` reach observers."""
+    """Handlers for every resource but /v1/notify. `broadcast` sends observers a notification."""
 
     def __init__(
         self,
         device: PagerDevice,
-        changed: Changed,
         broadcast: Callable[[bytes], None],
         received: collections.deque[Received],
     ) -> None:
         self.device = device
-        self._changed = changed
         self._broadcast = broadcast
         self.received = received
 
@@ -77,6 +74,13 @@ class DeviceResources:
         )
         return reply(code, envelope)
 
+    def _changed(self, code: int, sessions: list[t7470.Session]) -> Response:
+        """The reply to a change; its body is also the observers' notification of it."""
+        response = self._sessions_reply(code, sessions)
+        if sessions:
+            self._broadcast(response.payload)
+        return response
+
     def _sessions(self, request: Request) -> Response:
         number = _number(request, self.device)
         method = request.code
@@ -85,17 +89,17 @@ class DeviceResources:
         if method == POST:
             body = _body(request, _CREATE)
             self._log(body.number, "POST", body.action)
-            return self._sessions_reply(CREATED, self._changed(self.device.create(body)))
+            return self._changed(CREATED, self.device.create(body))
         if method == PUT:
             if number is None:
                 raise DeviceError("4.00", "query parameter number is required")
             update = _body(request, _UPDATE)
             self._log(number, "PUT", update.action)
-            return self._sessions_reply(CHANGED, self._changed(self.device.update(number, update)))
+            return self._changed(CHANGED, self.device.update(number, update))
         if method == DELETE:
             self._log(number, "DELETE", None)
             ended = self.device.clear_all() if number is None else self.device.delete(number)
-            return self._sessions_reply(DELETED, self._changed(ended))
+            return self._changed(DELETED, ended)
         raise DeviceError("4.05", "method not allowed on /v1/sessions")
 
     def _get_sessions(self, request: Request, number: int | None) -> Response:

@@ -14,7 +14,7 @@ import pytest
 
 from bridge import coapwire
 from bridge.coapwire import ACK, CON, NON, RST, Message
-from bridge.sim import coap_server
+from bridge.sim import coap_reliable
 from bridge.sim.pager import PagerSimulator
 
 SESSIONS = [(coapwire.URI_PATH, b"v1"), (coapwire.URI_PATH, b"sessions")]
@@ -106,7 +106,7 @@ async def test_duplicate_con_is_answered_from_cache_and_processed_once(
 async def test_latency_gives_empty_ack_then_separate_con_response(
     raw: Raw, sim: PagerSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(coap_server, "ACK_TIMEOUT", 0.1)
+    monkeypatch.setattr(coap_reliable, "ACK_TIMEOUT", 0.1)
     sim.latency = 0.2
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -213,11 +213,11 @@ async def test_observer_answering_rst_is_dropped(raw: Raw, sim: PagerSimulator) 
 async def test_observer_that_never_acks_is_dropped_after_retransmissions(
     raw: Raw, sim: PagerSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(coap_server, "ACK_TIMEOUT", 0.02)
+    monkeypatch.setattr(coap_reliable, "ACK_TIMEOUT", 0.02)
     raw.send(CON, coapwire.GET, 1, b"deaf", [(coapwire.OBSERVE, b""), *NOTIFY])
     await raw.next()
     sim.console_create(3)
-    copies = [await raw.next() for _ in range(1 + coap_server.MAX_RETRANSMIT)]
+    copies = [await raw.next() for _ in range(1 + coap_reliable.MAX_RETRANSMIT)]
     assert {(m.mid, m.option(coapwire.OBSERVE)) for m in copies} == {(copies[0].mid, b"\x01")}
     async with asyncio.timeout(2):
         while sim.observers:  # noqa: ASYNC110
@@ -263,4 +263,15 @@ async def test_observer_whose_socket_closed_is_dropped_on_the_icmp_error(
     async with asyncio.timeout(1):  # not the ~90 s of unanswered retransmissions
         while sim.observers:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-    assert not sim._server._outstanding
+    assert not sim._server._confirmables
+
+
+async def test_a_change_is_answered_before_it_is_notified(raw: Raw, sim: PagerSimulator) -> None:
+    raw.send(CON, coapwire.GET, 1, b"obs", [(coapwire.OBSERVE, b""), *NOTIFY])
+    await raw.next()
+    raw.send(CON, coapwire.POST, 2, b"mk", [*SESSIONS, JSON], b'{"number":5}')
+    answer, note = await raw.next(), await raw.next()
+    assert (answer.mtype, answer.mid, answer.code) == (ACK, 2, 65)
+    assert (note.mtype, note.token, note.option(coapwire.OBSERVE)) == (CON, b"obs", b"\x01")
+    assert note.payload == answer.payload  # the reply's envelope, encoded once
+    assert sim.observers == 1
