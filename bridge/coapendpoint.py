@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 ACK_TIMEOUT: Final = 2.0
 ACK_RANDOM_FACTOR: Final = 1.5
 MAX_RETRANSMIT: Final = 4
-# Peer message IDs remembered for deduplication. The device sends at most a few hundred messages
-# per second and retransmits within MAX_TRANSMIT_WAIT; a duplicate older than this many newer
-# messages would need an ACK lost for minutes under full load.
-_SEEN: Final = 1024
+# Peer message IDs remembered for deduplication (a window of the latest, not EXCHANGE_LIFETIME:
+# far cheaper, and enough). At the few hundred notifications per second of a busy device this
+# spans ~15 s, the device's first two retransmissions (2-3 s, 6-9 s) of a CON whose ACK we sent
+# and the network lost; at ordinary rates it spans minutes.
+_SEEN: Final = 4096
 _EMPTY_ACK: Final = 0x60  # version 1, type ACK, no token
 _EMPTY_RST: Final = 0x70
 _REQUEST_CLASS_END: Final = 32  # codes 0.01-0.31 are requests
