@@ -310,29 +310,46 @@ def disconnect(reason: int = 0, *, v5: bool = True) -> bytes:
 # -- decoded packets ---------------------------------------------------------------------------
 
 
-class Connack:
+class Properties:
+    """The v5 properties the bridge reads; every other one is checked and skipped."""
+
     __slots__ = (
         "assigned_client_id",
+        "correlation",
+        "expiry",
         "maximum_packet_size",
         "maximum_qos",
-        "reason",
         "reason_string",
         "receive_maximum",
+        "response_topic",
         "server_keep_alive",
-        "session_present",
+        "topic_alias",
         "topic_alias_maximum",
     )
 
-    def __init__(self, session_present: bool, reason: int) -> None:
-        self.session_present = session_present
-        self.reason = reason  # v5 reason code, or the 3.1.1 return code
-        self.receive_maximum = 0xFFFF  # absent means 65535 (section 3.2.2.3.3)
-        self.maximum_qos = 2
+    def __init__(self) -> None:
+        self.expiry: int | None = None
+        self.response_topic: str | None = None
+        self.correlation: bytes | None = None
+        self.topic_alias: int | None = None
         self.assigned_client_id: str | None = None
         self.reason_string: str | None = None
         self.server_keep_alive: int | None = None
+        self.receive_maximum = 0xFFFF  # absent means 65535 (section 3.2.2.3.3)
+        self.maximum_qos = 2
         self.topic_alias_maximum = 0
         self.maximum_packet_size: int | None = None
+
+
+class Connack(Properties):
+    """CONNACK; with MQTT 5 it carries the server's limits (the properties above)."""
+
+    __slots__ = ("reason", "session_present")
+
+    def __init__(self, session_present: bool, reason: int) -> None:
+        super().__init__()
+        self.session_present = session_present
+        self.reason = reason  # v5 reason code, or the 3.1.1 return code
 
 
 class Suback:
@@ -527,16 +544,9 @@ class Decoder:
             if end - i != 2:
                 raise ProtocolError("CONNACK of the wrong length")
             return connack
-        props, _ = _properties(data, i + 2, end)
-        if props.receive_maximum == 0:
+        _properties(data, i + 2, end, connack)
+        if connack.receive_maximum == 0:
             raise ProtocolError("CONNACK with Receive Maximum 0")
-        connack.receive_maximum = props.receive_maximum
-        connack.maximum_qos = props.maximum_qos
-        connack.assigned_client_id = props.assigned_client_id
-        connack.reason_string = props.reason_string
-        connack.server_keep_alive = props.server_keep_alive
-        connack.topic_alias_maximum = props.topic_alias_maximum
-        connack.maximum_packet_size = props.maximum_packet_size
         return connack
 
     def _disconnect(self, data: bytes, i: int, end: int) -> Disconnect:
@@ -570,37 +580,6 @@ def _varint_at(data: bytes, i: int, end: int) -> tuple[int, int]:
     raise ProtocolError("Variable Byte Integer truncated or longer than four bytes")
 
 
-class Properties:
-    """The v5 properties the bridge reads; every other one is checked and skipped."""
-
-    __slots__ = (
-        "assigned_client_id",
-        "correlation",
-        "expiry",
-        "maximum_packet_size",
-        "maximum_qos",
-        "reason_string",
-        "receive_maximum",
-        "response_topic",
-        "server_keep_alive",
-        "topic_alias",
-        "topic_alias_maximum",
-    )
-
-    def __init__(self) -> None:
-        self.expiry: int | None = None
-        self.response_topic: str | None = None
-        self.correlation: bytes | None = None
-        self.topic_alias: int | None = None
-        self.assigned_client_id: str | None = None
-        self.reason_string: str | None = None
-        self.server_keep_alive: int | None = None
-        self.receive_maximum = 0xFFFF  # absent means 65535 (section 3.2.2.3.3)
-        self.maximum_qos = 2
-        self.topic_alias_maximum = 0
-        self.maximum_packet_size: int | None = None
-
-
 _NAMES: Final = {
     MESSAGE_EXPIRY: "expiry",
     RESPONSE_TOPIC: "response_topic",
@@ -616,42 +595,47 @@ _NAMES: Final = {
 }
 
 
-def _properties(data: bytes, i: int, end: int) -> tuple[Properties, int]:
-    """The v5 properties at `i` and the index after them. Properties the bridge does not read
-    (User Properties and Subscription Identifiers among them, which may repeat) are skipped."""
+def _properties(
+    data: bytes, i: int, end: int, found: Properties | None = None
+) -> tuple[Properties, int]:
+    """The v5 properties at `i` (into `found`, or a new Properties) and the index after them.
+    Those the bridge does not read (User Properties and Subscription Identifiers among them,
+    which may repeat) are checked and skipped."""
     length, i = _varint_at(data, i, end)
     stop = i + length
     _check(stop, 0, end)
-    found = Properties()
+    if found is None:
+        found = Properties()
     while i < stop:
         ident = data[i]
-        kind = _KINDS.get(ident)
-        i += 1
-        value: int | str | bytes
-        if kind == _BYTE:
-            _check(i, 1, stop)
-            value, i = data[i], i + 1
-        elif kind == _TWO:
-            _check(i, 2, stop)
-            value, i = data[i] << 8 | data[i + 1], i + 2
-        elif kind == _FOUR:
-            _check(i, 4, stop)
-            value, i = int.from_bytes(data[i : i + 4], "big"), i + 4
-        elif kind == _VARINT:
-            value, i = _varint_at(data, i, stop)
-        elif kind == _STRING:
-            value, i = _string_at(data, i, stop)
-        elif kind == _BINARY:
-            _check(i, 2, stop)
-            n = data[i] << 8 | data[i + 1]
-            _check(i + 2, n, stop)
-            value, i = data[i + 2 : i + 2 + n], i + 2 + n
-        elif kind == _PAIR:
-            _, i = _string_at(data, i, stop)
-            value, i = _string_at(data, i, stop)
-        else:
-            raise ProtocolError(f"unknown property 0x{ident:02X}")
+        value, i = _property_value(ident, data, i + 1, stop)
         name = _NAMES.get(ident)
         if name is not None:
             setattr(found, name, value)
     return found, stop
+
+
+def _property_value(ident: int, data: bytes, i: int, stop: int) -> tuple[int | str | bytes, int]:
+    kind = _KINDS.get(ident)
+    if kind == _BYTE:
+        _check(i, 1, stop)
+        return data[i], i + 1
+    if kind == _TWO:
+        _check(i, 2, stop)
+        return data[i] << 8 | data[i + 1], i + 2
+    if kind == _FOUR:
+        _check(i, 4, stop)
+        return int.from_bytes(data[i : i + 4], "big"), i + 4
+    if kind == _VARINT:
+        return _varint_at(data, i, stop)
+    if kind == _STRING:
+        return _string_at(data, i, stop)
+    if kind == _BINARY:
+        _check(i, 2, stop)
+        n = data[i] << 8 | data[i + 1]
+        _check(i + 2, n, stop)
+        return data[i + 2 : i + 2 + n], i + 2 + n
+    if kind == _PAIR:
+        _, i = _string_at(data, i, stop)
+        return _string_at(data, i, stop)
+    raise ProtocolError(f"unknown property 0x{ident:02X}")
