@@ -220,6 +220,38 @@ async def test_ack_only_on_the_connection_it_came_on(broker: Mosquitto) -> None:
     assert late == []
 
 
+async def test_a_lost_connection_cancels_a_blocked_handler(broker: Mosquitto) -> None:
+    """The handler waits (a full window) when the connection drops: that wait is cancelled, the
+    link reconnects at once, and the broker redelivers the message to the handler."""
+    metrics = Metrics()
+    link = MqttLink(link_settings(broker.port), Topics(), metrics)
+    calls: list[Inbound] = []
+    cancelled = asyncio.Event()
+    never = asyncio.Event()
+
+    async def blocked_first(inbound: Inbound) -> None:
+        calls.append(inbound)
+        if len(calls) == 1:
+            try:
+                await never.wait()  # like dispatch's submit() waiting for a free slot
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        link.ack(inbound)
+
+    async with Peer(broker.port) as peer, running(link, blocked_first):
+        await peer.publish("pager/3/action", b"stuck")
+        await until(lambda: bool(calls), 5)
+        conn = link._conn
+        assert conn is not None
+        conn.abort(LinkError("network", "dropped by the test"))
+        async with asyncio.timeout(2):
+            await cancelled.wait()
+        await until(lambda: len(calls) >= 2, 5)
+    assert [c.payload for c in calls] == [b"stuck", b"stuck"]
+    assert calls[1].generation == calls[0].generation + 1
+
+
 def keep_into(seen: list[Inbound]) -> Handler:
     async def keep(inbound: Inbound) -> None:
         seen.append(inbound)
