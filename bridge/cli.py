@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -73,8 +76,21 @@ def _run() -> int:
     from bridge.app import Bridge  # noqa: PLC0415
 
     logs.configure(settings.log.level, settings.log.format, config.secrets_of(settings))
-    asyncio.run(Bridge(settings).run())
+    run_loop(Bridge(settings).run(), settings.event_loop)
     return 0
+
+
+def run_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Run `main` on uvloop if asked for and installed, else on asyncio's own loop."""
+    if event_loop == "uvloop":
+        try:
+            import uvloop  # noqa: PLC0415 - optional: not built for every platform
+        except ImportError:
+            logging.getLogger(__name__).warning("uvloop is not installed; using asyncio's loop")
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 def _check_config() -> int:

@@ -153,6 +153,8 @@ class SiteSettings(Section, frozen=True):
 
 class Settings(Section, frozen=True):
     topic_prefix: str = ""
+    # uvloop (the default where it is installed) or asyncio's own loop; see bridge/cli.py.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
     pager: PagerSettings = msgspec.field(default_factory=PagerSettings)
     sensaphone: SensaphoneSettings = msgspec.field(default_factory=SensaphoneSettings)
@@ -168,6 +170,7 @@ _SECTIONS = ("mqtt", "pager", "sensaphone", "http", "limits", "log", "discovery"
 # The documented short names (PRODUCT.md), mapped to their place in the settings.
 _ALIASES = {
     "IOTBRIDGE_TOPIC_PREFIX": ("topic_prefix",),
+    "IOTBRIDGE_EVENT_LOOP": ("event_loop",),
     "IOTBRIDGE_HTTP_ADDR": ("http", "addr"),
 }
 _SECRET_FIELDS = {"password"}
