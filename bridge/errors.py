@@ -12,7 +12,7 @@
         ├── UpstreamUnavailable     upstream_unavailable  unreachable, or the circuit is open
         └── AuthFailed              auth_failed       the upstream refused our credentials
 
-Lower-layer errors (aiocoap, httpx, MQTT protocol and socket errors) are mapped to these at the
+Lower-layer errors (CoAP and MQTT protocol errors, httpx, socket errors) are mapped to these at the
 one module that owns each protocol, with `raise ... from exc`, so nothing above the seams knows
 those libraries.
 """

@@ -72,5 +72,5 @@ def configure(level: str, fmt: str, secrets: list[str]) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter at info level would sit on the hot path; keep it to warnings.
-    for noisy in ("coap", "coap-server", "httpx", "httpcore", "asyncio"):
+    for noisy in ("httpx", "httpcore", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,6 +1,6 @@
 """The pager feature: T7470 operations for MQTT commands, and changes made by anyone, republished.
 
-Commands become CoAP requests through `bridge.coap.Transmitter` (the only aiocoap user); replies
+Commands become CoAP requests through `bridge.coap.Transmitter` (the one CoAP client); replies
 and notifications go through one `SessionTracker`, which yields events, retained sessions and
 statistics. `watch()` follows changes made elsewhere: Observe on `/v1/notify?action=get_sessions`,
 re-registered when dropped, with a fallback to polling `GET /v1/sessions` with an ETag.
