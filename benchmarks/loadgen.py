@@ -6,7 +6,8 @@ latency is publish -> `<topic>/result` received, matched by transaction.
 `--mode coap`: the same cycle straight to the simulators over CoAP, one request at a time.
 
 Commands on stdin, one JSON object a line; each is answered by one JSON line on stdout:
-- `{"cmd": "online", "timeout": s}`: wait for a retained `bridge/state` saying online (mqtt).
+- `{"cmd": "online", "timeout": s, "count": n}`: wait until n (default 1) `bridge/state` topics
+  say online (mqtt; one per site).
 - `{"cmd": "run", "count": n, "max_seconds": s}`: a window of at most n commands and s seconds.
 - `{"cmd": "create", "first": n, "count": k}` (coap): start sessions n..n+k-1, unmeasured.
 - `{"cmd": "quit"}`.
@@ -165,6 +166,8 @@ class MqttLoad:
         # transaction -> (pager, action, sent at)
         self.pending: dict[int, tuple[int, str, float]] = {}
         self.online = asyncio.Event()
+        self.online_sites: set[str] = set()
+        self.online_wanted = 1
         self.window: Window | None = None
         self.finished = asyncio.Event()
         self.wire: _Wire
@@ -190,9 +193,12 @@ class MqttLoad:
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         if request["cmd"] == "online":
+            self.online_wanted = request.get("count", 1)
+            if len(self.online_sites) < self.online_wanted:
+                self.online.clear()
             async with asyncio.timeout(request.get("timeout", 30)):
                 await self.online.wait()
-            return {"online": True}
+            return {"online": len(self.online_sites)}
         window = self.window = Window(request["count"], request["max_seconds"])
         self.finished.clear()
         for _ in range(self.inflight):
@@ -218,7 +224,9 @@ class MqttLoad:
         received = time.perf_counter()
         if topic.endswith("bridge/state"):
             if b"online" in payload:
-                self.online.set()
+                self.online_sites.add(topic)
+                if len(self.online_sites) >= self.online_wanted:
+                    self.online.set()
             return
         try:
             reply = _REPLY.decode(payload)

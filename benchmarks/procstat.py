@@ -47,6 +47,7 @@ def machine() -> dict[str, object]:
         "paho-mqtt": metadata.version("paho-mqtt"),
         "aiocoap": metadata.version("aiocoap"),
         "msgspec": metadata.version("msgspec"),
+        "uvloop": metadata.version("uvloop"),
         "iotbridge": metadata.version("iotbridge"),
     }
 

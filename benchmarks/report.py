@@ -109,7 +109,9 @@ def targets(results: Row) -> list[Row]:
     add(
         "1 in flight: bridge p99 / floor p99 <= 2", ratio(_lat(one, "p99_ms"), floor["p99_ms"]), 2.0
     )
-    for label, scenario in ((f"{target_tx} tx", wide), ("1 tx", narrow)):
+    # The targets are at 20 transmitters; the same ratios on 1 transmitter are shown for
+    # information (there both bridges are bound by the one transmitter's exchange rate, NSTART=1).
+    for label, scenario in ((f"{target_tx} tx", wide), ("1 tx (info)", narrow)):
         bridge, minimal = scenario.get("bridge", {}), scenario.get("minimal", {})
         throughput = ratio(bridge.get("per_second"), minimal.get("per_second"))
         cpu = ratio(_cpu(bridge, "bridge"), _cpu(minimal, "minimal"))
@@ -120,6 +122,8 @@ def targets(results: Row) -> list[Row]:
             at_least=True,
         )
         add(f"{top_inflight} in flight, {label}: CPU per command / minimal <= 0.6", cpu, 0.6)
+    for row in out[-2:] if target_tx != 1 else []:
+        row["verdict"] = "info " + row["verdict"].lower()
     rss = [
         s["bridge"]["rss_mb"]["VmHWM"]
         for s in results["scenarios"]
@@ -200,7 +204,7 @@ def _line(name: str, kind: str, window: Row, proc: str) -> str:
 
 
 def targets_table(rows: list[Row]) -> str:
-    return "\n".join(f"{row['verdict']:<13}{row['target']:<62}{_fmt(row['value'])}" for row in rows)
+    return "\n".join(f"{row['verdict']:<13}{row['target']:<66}{_fmt(row['value'])}" for row in rows)
 
 
 def warnings(results: Row) -> list[str]:

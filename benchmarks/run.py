@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             results["sessions"][kind] = scenarios.sessions_scenario(opts, kind, top, args.sessions)
     if args.profile:
         print("profile: bridge under load with py-spy (not a measured window) ...", flush=True)
-        window = scenarios.load_scenario(opts, "bridge", max(args.inflight), 1, profiled=True)
+        # At the transmitter count of the throughput and CPU targets (20) when it is measured.
+        tx = 20 if 20 in args.transmitters else max(args.transmitters)
+        window = scenarios.load_scenario(opts, "bridge", max(args.inflight), tx, profiled=True)
         path = args.out.with_name(f"{args.out.stem}-profile.txt")
         results["profile"] = {"window": window, "raw": str(path)}
         if path.exists():

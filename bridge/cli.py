@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     pager.add_argument("--max-number", type=int, default=999)
     pager.add_argument("--ping-interval", type=float, default=30.0)
     pager.add_argument("--latency", type=float, default=0.0, help="seconds added to each reply")
+    pager.add_argument(
+        "--count", type=int, default=1, help="this many transmitters, on consecutive ports"
+    )
     sens = kinds.add_parser("sensaphone", help="Sensaphone.net REST API over HTTP(S)")
     sens.add_argument("--host", default="127.0.0.1")
     sens.add_argument("--port", type=int, default=8443)
@@ -117,7 +120,9 @@ def _sim(args: argparse.Namespace) -> int:
     if args.kind == "pager":
         from bridge.sim import pager  # noqa: PLC0415
 
-        coro = pager.serve(args.host, args.port, args.max_number, args.ping_interval, args.latency)
+        coro = pager.serve(
+            args.host, args.port, args.max_number, args.ping_interval, args.latency, args.count
+        )
         asyncio.run(coro)
         return 0
     from bridge.sim import sensaphone  # noqa: PLC0415

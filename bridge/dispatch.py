@@ -50,6 +50,16 @@ class Link(Protocol):
         deadline: float = 30.0,
     ) -> None: ...
 
+    def publish_soon(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        correlation: bytes | None = None,
+        deadline: float = 30.0,
+    ) -> Awaitable[None]: ...
+
 
 # Failures where the command was not carried out for want of an answer: parked for an operator.
 DEADLETTER_CODES = frozenset({"upstream_timeout", "upstream_unavailable", "auth_failed"})
@@ -220,12 +230,17 @@ class Dispatcher:
         self, inbound: Inbound, payload: bytes, sends: list[Awaitable[object]]
     ) -> None:
         topic = Topics.result(inbound.topic)
+        # publish_soon writes at once, after the command's deferred state publishes: in order.
         if is_publishable(topic):
-            sends.append(self._link.publish(topic, payload))
+            sends.append(self._link.publish_soon(topic, payload))
         response = inbound.response_topic
         if response and is_publishable(response) and not self._router.topics.in_namespace(response):
-            sends.append(self._link.publish(response, payload, correlation=inbound.correlation))
-        if sends:
+            sends.append(
+                self._link.publish_soon(response, payload, correlation=inbound.correlation)
+            )
+        if len(sends) == 1:
+            await sends[0]
+        elif sends:
             await asyncio.gather(*sends)
 
 

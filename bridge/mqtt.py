@@ -366,6 +366,23 @@ class MqttLink:
         deadline: float = 30.0,
     ) -> None:
         """Publish at QoS 1 and wait for the PUBACK, across reconnects, within `deadline` s."""
+        await self.publish_soon(
+            topic, payload, retain=retain, correlation=correlation, deadline=deadline
+        )
+
+    def publish_soon(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        correlation: bytes | None = None,
+        deadline: float = 30.0,
+    ) -> asyncio.Future[None]:
+        """`publish()` started now: on a live link the packet is written in this loop iteration,
+        after those of earlier calls; the future completes with the PUBACK. No task is created
+        unless the link is down or drops before the PUBACK (then `publish()`'s waiting applies).
+        """
         if not is_publishable(topic):
             raise ValueError(f"refusing to publish to {topic!r}")
         if not self.v5:
@@ -373,15 +390,44 @@ class MqttLink:
         conn = self._conn
         if conn is not None and self._up.is_set():
             try:
-                await conn.publish(topic, payload, retain, correlation)
+                waiter = conn.publish(topic, payload, retain, correlation)
             except LinkError:
-                pass  # the link dropped mid-publish: fall through to wait for the next one
+                pass  # the link is dropping: wait for the next one
             except Overloaded:
                 self._metrics.outbound_dropped.inc()
                 raise
             else:
-                return
-        await self._publish_later(topic, payload, retain, correlation, deadline)
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                later = (topic, payload, retain, correlation, deadline)
+                waiter.add_done_callback(lambda w: self._acked(w, done, later))
+                return done
+        return asyncio.ensure_future(
+            self._publish_later(topic, payload, retain, correlation, deadline)
+        )
+
+    def _acked(
+        self,
+        waiter: asyncio.Future[int],
+        done: asyncio.Future[None],
+        later: tuple[str, bytes, bool, bytes | None, float],
+    ) -> None:
+        """PUBACK (or not) for a `publish_soon()`: a lost link hands the message to the waiting
+        path, anything else ends `done` as the publish ended."""
+        exc = None if waiter.cancelled() else waiter.exception()  # retrieved either way
+        if done.cancelled():
+            return
+        if isinstance(exc, LinkError):
+            retry = asyncio.ensure_future(self._publish_later(*later))
+            retry.add_done_callback(lambda r: _copy_outcome(r, done))
+        elif isinstance(exc, Overloaded):
+            self._metrics.outbound_dropped.inc()
+            done.set_exception(exc)
+        elif exc is not None:
+            done.set_exception(exc)
+        elif waiter.cancelled():
+            done.cancel()
+        else:
+            done.set_result(None)
 
     async def _publish_later(
         self, topic: str, payload: bytes, retain: bool, correlation: bytes | None, deadline: float
@@ -411,6 +457,19 @@ class MqttLink:
                     return
         self._metrics.outbound_dropped.inc()
         raise LinkDown(f"broker unreachable for {deadline:.0f} s; message to {topic} not sent")
+
+
+def _copy_outcome(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
+    if target.done():
+        if not source.cancelled():
+            source.exception()  # retrieved: the caller gave up on it
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (exc := source.exception()) is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(None)
 
 
 def _reader_done(conn: Connection) -> Callable[[asyncio.Task[None]], None]:

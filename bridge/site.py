@@ -86,8 +86,9 @@ class Site:
 
     def publish_all(self, out: list[Outbound]) -> Awaitable[object]:
         """Start publishing `out`, in order, now; await the result for every PUBACK."""
+        link = self.link
         return asyncio.gather(
-            *(self.link.publish(o.topic, o.payload, retain=o.retain) for o in out)
+            *[link.publish_soon(o.topic, o.payload, retain=o.retain) for o in out]
         )
 
     def start_loops(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:

@@ -219,17 +219,33 @@ async def serve(
     max_number: int = 999,
     ping_interval: float = 30.0,
     latency: float = 0.0,
+    count: int = 1,
 ) -> None:
-    """Run a simulator until this task is cancelled (`iotbridge sim pager`, the demo)."""
-    sim = PagerSimulator(
-        host=host, port=port, max_number=max_number, ping_interval=ping_interval, latency=latency
-    )
-    await sim.start()
-    log.info("T7470 simulator listening on %s", sim.uri)
+    """Run `count` simulators on ports `port`.. until this task is cancelled (`iotbridge sim
+    pager`, the demo, the benchmarks' fleets: one process can stand in for many transmitters)."""
+    sims = [
+        PagerSimulator(
+            host=host,
+            port=port + i,
+            max_number=max_number,
+            ping_interval=ping_interval,
+            latency=latency,
+        )
+        for i in range(count)
+    ]
+    for sim in sims:
+        await sim.start()
+    if count == 1:
+        log.info("T7470 simulator listening on %s", sims[0].uri)
+    else:
+        log.info(
+            "%d T7470 simulators listening on %s to port %d", count, sims[0].uri, port + count - 1
+        )
     try:
         await asyncio.Event().wait()
     finally:
-        await sim.stop()
+        for sim in sims:
+            await sim.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,9 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-number", type=int, default=999)
     parser.add_argument("--ping-interval", type=float, default=30.0)
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--count", type=int, default=1, help="simulators on consecutive ports")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    coro = serve(args.host, args.port, args.max_number, args.ping_interval, args.latency)
+    coro = serve(
+        args.host, args.port, args.max_number, args.ping_interval, args.latency, args.count
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(coro)
     return 0
