@@ -26,6 +26,7 @@ from benchmarks.processes import Child
 from benchmarks.scenarios import Stack
 
 PER_SIM_PROCESS = 250  # transmitters per simulator process
+MAX_NUMBER = 20_000  # pager numbers go up to 2 x sites
 
 
 def free_range(count: int, first: int = 20_000, last: int = 60_000) -> int:
@@ -53,7 +54,7 @@ def fleet(stack: Stack, count: int) -> list[int]:
     for index, first in enumerate(range(0, count, PER_SIM_PROCESS)):
         size = min(PER_SIM_PROCESS, count - first)
         argv = [processes.PYTHON, "-m", "bridge", "sim", "pager", "--port", str(base + first)]
-        argv += ["--count", str(size), "--max-number", "999"]
+        argv += ["--count", str(size), "--max-number", str(MAX_NUMBER)]
         child = stack.add(Child(f"sim-{index}", argv, stack.logdir))
         processes.wait_udp_bound(child, base + first + size - 1, timeout=60)
     return ports
@@ -64,7 +65,7 @@ def measure(sites: int, args: argparse.Namespace, logdir: Path) -> dict[str, Any
         broker = stack.broker()
         ports = fleet(stack, sites)
         config = processes.bridge_config(
-            ports, broker.port, client_id="iotbridge-sites", max_number=999
+            ports, broker.port, client_id="iotbridge-sites", max_number=MAX_NUMBER
         )
         pagers = 2 * sites
         load_args = ["--port", str(broker.port), "--inflight", str(args.inflight)]
@@ -89,7 +90,7 @@ def measure(sites: int, args: argparse.Namespace, logdir: Path) -> dict[str, Any
             "sites": sites,
             "online": online["online"],
             "startup_s": round(startup, 2),
-            "rss_mb_idle": settled["VmRSS"],
+            "rss_mb_idle": round(settled["VmRSS"], 1),
             "rss_mb_per_site": round(settled["VmRSS"] / sites, 3),
             "idle_cpu_percent": round(100 * idle, 2),
             "idle_cpu_ms_per_site_per_s": round(1000 * idle / sites, 4),
@@ -100,7 +101,7 @@ def measure(sites: int, args: argparse.Namespace, logdir: Path) -> dict[str, Any
                 "timeouts": window["timeouts"],
                 "latency": window["latency"],
                 "bridge_cpu_ms_per_command": round(1000 * used / answered, 4),
-                "rss_mb_peak": procstat.memory_mb(bridge.pid)["VmHWM"],
+                "rss_mb_peak": round(procstat.memory_mb(bridge.pid)["VmHWM"], 1),
             },
         }
 
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  online {run['online']} in {run['startup_s']} s; RSS {run['rss_mb_idle']} MB"
             f" ({run['rss_mb_per_site']} MB/site); idle CPU {run['idle_cpu_percent']} %;"
             f" under load {load['per_second']} cmd/s at {load['bridge_cpu_ms_per_command']}"
-            f" ms CPU/cmd, p50 {load['latency']['p50_ms']} ms, peak RSS {load['rss_mb_peak']} MB,"
+            f" ms CPU/cmd, p50 {load['latency']['p50_ms']:.1f} ms,"
+            f" peak RSS {load['rss_mb_peak']} MB,"
             f" errors {load['errors']}, timeouts {load['timeouts']}",
             flush=True,
         )
