@@ -197,15 +197,22 @@ def load_scenario(
 
 
 def sessions_scenario(opts: Options, kind: str, inflight: int, sessions: int) -> dict[str, Any]:
-    """Cost per command with few sessions active, then with `sessions` active, same process."""
-    pagers = max(inflight, FEW_SESSIONS)
+    """Cost per command with few sessions active, then with `sessions` active, same process.
+
+    A pager has a session in 3 of its cycle's 4 steps, so 4/3 x FEW_SESSIONS pagers keep about
+    FEW_SESSIONS active. There must also be idle pagers beyond the window: with exactly as many
+    pagers as commands in flight, each answered pager is sent its next command at once, which
+    then waits in the bridge for its predecessor's acknowledgement (same pager, same lane), so
+    the window would measure that wait instead of the number of sessions.
+    """
+    pagers = max(-(-4 * FEW_SESSIONS // 3), -(-4 * inflight // 3))
     out: dict[str, Any] = {}
     with _setup(opts, f"sessions{sessions}", kind, inflight, 1, pagers) as setup:
         stack, target, load, ports = setup
         count = opts.commands // 2
         load.ask({"cmd": "run", "count": opts.warmup(inflight), "max_seconds": 60}, 120)
         out["few"] = measure(stack, load, count, opts.max_seconds, target.name)
-        out["few"]["active_sessions"] = pagers
+        out["few"]["active_sessions"] = 3 * pagers // 4
         creator = stack.ready(
             stack.add(
                 processes.loadgen(
@@ -213,7 +220,9 @@ def sessions_scenario(opts: Options, kind: str, inflight: int, sessions: int) ->
                 )
             )
         )
-        out["created"], out["settle_s"] = create_sessions(creator, target.pid, pagers, sessions)
+        # Numbers above the load's pagers, so that about `sessions` are active in all.
+        total = sessions + pagers - 3 * pagers // 4
+        out["created"], out["settle_s"] = create_sessions(creator, target.pid, pagers, total)
         load.ask({"cmd": "run", "count": opts.warmup(inflight), "max_seconds": 60}, 120)
         out["many"] = measure(stack, load, count, opts.max_seconds, target.name)
         out["many"]["active_sessions"] = sessions
