@@ -96,6 +96,12 @@ class Dispatcher:
         except BridgeError as exc:
             self._spawn(self._answer_invalid(inbound, exc))
             return
+        except Exception as exc:
+            # A bug in routing must not take the reader (and with it every command) down, nor
+            # make a poison message that is redelivered forever: it is answered like any error.
+            log.exception("routing %s failed unexpectedly", inbound.topic)
+            self._spawn(self._answer_invalid(inbound, BridgeError(f"internal error: {exc}")))
+            return
         lane = self._lanes.get(request.key)
         if lane is not None:
             lane.append((inbound, request))
@@ -194,7 +200,11 @@ class Dispatcher:
                 raise Expired(f"its MQTT message expiry passed while it waited {waited:.1f} s")
 
     async def _answer_invalid(self, inbound: Inbound, exc: BridgeError) -> None:
-        result = _error_result(exc, transaction_of(inbound.payload))
+        try:
+            transaction = transaction_of(inbound.payload)
+        except Exception:  # noqa: BLE001 - best effort; the answer must go out regardless
+            transaction = None
+        result = _error_result(exc, transaction)
         payload = models.ENCODER.encode(result)
         await self._finish(inbound, payload, "invalid", "none", exc.code)
 

@@ -103,6 +103,9 @@ def _decode(decoder: msgspec.json.Decoder[T], payload: bytes, actions: tuple[str
         return decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise _explain(exc, payload, actions) from None
+    except UnicodeDecodeError as exc:
+        # msgspec raises this, not DecodeError, for invalid UTF-8 inside a JSON string.
+        raise InvalidPayload(f"payload is not valid UTF-8 at byte {exc.start}") from None
 
 
 def _explain(exc: msgspec.DecodeError, payload: bytes, actions: tuple[str, ...]) -> BridgeError:
@@ -134,7 +137,7 @@ def _humanize(text: str) -> str:
 def _peek(payload: bytes, field: str) -> Any:
     try:
         data = _LENIENT.decode(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
     return data.get(field) if isinstance(data, dict) else None
 

@@ -74,6 +74,15 @@ def test_schedule_commands(router: Router) -> None:
     ("topic", "payload", "code", "message"),
     [
         ("pager/66/action", b"{not json", "invalid_payload", "not valid JSON"),
+        # Invalid UTF-8 inside a JSON string: msgspec raises UnicodeDecodeError, not DecodeError.
+        ("pager/66/action", b'{"action":"start","label":"\xff"}', "invalid_payload", "UTF-8"),
+        ("pager/66/action", b'{"action":"\xb1\xc2"}', "invalid_payload", "UTF-8"),
+        (
+            "schedule/1/timerange",
+            b'{"action":"create","start":"\xe2\x28"}',
+            "invalid_payload",
+            "UTF-8",
+        ),
         ("pager/66/action", b'{"action":"fly"}', "unknown_action", "unknown action 'fly'"),
         ("pager/66/action", b"fly", "unknown_action", "unknown action 'fly'"),
         ("pager/66/action", b'{"label":"x"}', "invalid_payload", "missing field `action`"),
@@ -127,3 +136,5 @@ def test_transaction_is_recovered_from_invalid_payloads() -> None:
     assert transaction_of(b'{"transaction":7}') == 7
     assert transaction_of(b"{broken") is None
     assert transaction_of(b'{"transaction":true}') is None
+    assert transaction_of(b'{"transaction":"\xff"}') is None  # invalid UTF-8: no crash
+    assert transaction_of(b'"\xb1"') is None
