@@ -16,6 +16,7 @@ from paho.mqtt.properties import Properties
 
 from bridge import config
 from bridge.app import Bridge
+from bridge.sim.pager import PagerSimulator
 
 Received = tuple[str, bytes, bool, Any]  # topic, payload, retain, properties
 
@@ -159,6 +160,17 @@ def settings(**env: str) -> config.Settings:
     }
     base.update({f"IOTBRIDGE_{k.upper()}": v for k, v in env.items()})
     return config.load(base)
+
+
+@contextlib.asynccontextmanager
+async def started_sim(**options: Any) -> AsyncIterator[PagerSimulator]:
+    """A T7470 simulator on a free port, with a short ping period, stopped afterwards."""
+    sim = PagerSimulator(**({"port": 0, "ping_interval": 0.5} | options))
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
 
 
 @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ import pytest
 
 from bridge.coap import Transmitter
 from bridge.sim.pager import PagerSimulator
+from tests.support import started_sim
 
 SESSIONS = "/v1/sessions"
 
@@ -20,12 +21,8 @@ SESSIONS = "/v1/sessions"
 @pytest.fixture
 async def sim() -> AsyncIterator[PagerSimulator]:
     """A running simulator with fast pings (0.2 s), stopped after the test."""
-    simulator = PagerSimulator(port=0, ping_interval=0.2)
-    await simulator.start()
-    try:
+    async with started_sim(ping_interval=0.2) as simulator:
         yield simulator
-    finally:
-        await simulator.stop()
 
 
 @pytest.fixture

@@ -12,16 +12,13 @@ import pytest
 from bridge.coap import Transmitter
 from bridge.sim.pager import PagerSimulator
 from tests.adapter.conftest import SESSIONS, call
+from tests.support import started_sim
 
 
 @pytest.fixture
 async def big_sim() -> AsyncIterator[PagerSimulator]:
-    simulator = PagerSimulator(port=0, max_number=10_000, ping_interval=60)
-    await simulator.start()
-    try:
+    async with started_sim(max_number=10_000, ping_interval=60) as simulator:
         yield simulator
-    finally:
-        await simulator.stop()
 
 
 async def test_two_thousand_sessions_arrive_whole(big_sim: PagerSimulator) -> None:

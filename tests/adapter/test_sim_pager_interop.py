@@ -16,17 +16,14 @@ import msgspec
 import pytest
 
 from bridge.sim.pager import PagerSimulator
+from tests.support import started_sim
 
 
 @pytest.fixture
 async def big_sim() -> AsyncIterator[PagerSimulator]:
     """A simulator that takes numbers up to 2,000."""
-    simulator = PagerSimulator(port=0, max_number=2000, ping_interval=30)
-    await simulator.start()
-    try:
+    async with started_sim(max_number=2000, ping_interval=30) as simulator:
         yield simulator
-    finally:
-        await simulator.stop()
 
 
 @pytest.fixture

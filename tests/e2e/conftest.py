@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 import pytest
 
@@ -13,22 +11,11 @@ from bridge.app import Bridge
 from bridge.broker import Mosquitto
 from bridge.config import Settings
 from bridge.sim.pager import PagerSimulator
-from tests.support import Peer, running, settings
+from tests.support import Peer, running, settings, started_sim
 
 pytestmark = pytest.mark.broker
 
 BridgeFactory = Callable[..., AbstractAsyncContextManager[Bridge]]
-
-
-@contextlib.asynccontextmanager
-async def started_sim(**options: Any) -> AsyncIterator[PagerSimulator]:
-    """A T7470 simulator on a free port, with a short ping period, stopped afterwards."""
-    sim = PagerSimulator(**({"port": 0, "ping_interval": 0.5} | options))
-    await sim.start()
-    try:
-        yield sim
-    finally:
-        await sim.stop()
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from bridge.app import Bridge
 from bridge.broker import Mosquitto
 from bridge.config import Settings
 from bridge.sim.pager import PagerSimulator
-from tests.e2e.conftest import BridgeFactory, started_sim
-from tests.support import Peer, http_get, running
+from tests.e2e.conftest import BridgeFactory
+from tests.support import Peer, http_get, running, started_sim
 
 pytestmark = pytest.mark.broker
 

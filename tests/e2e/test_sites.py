@@ -11,8 +11,7 @@ import pytest
 from bridge.app import Bridge
 from bridge.broker import Mosquitto
 from bridge.sim.pager import PagerSimulator
-from tests.e2e.conftest import started_sim
-from tests.support import Peer, running, settings
+from tests.support import Peer, running, settings, started_sim
 
 pytestmark = pytest.mark.broker
 

@@ -21,8 +21,7 @@ from bridge.coap import Transmitter
 from bridge.errors import UpstreamUnavailable
 from tests.adapter import test_coap_transmitter as coap_tests
 from tests.e2e import test_contract as contract
-from tests.e2e.conftest import started_sim
-from tests.support import Peer, running, settings
+from tests.support import Peer, running, settings, started_sim
 
 pytestmark = pytest.mark.broker
 
