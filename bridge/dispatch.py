@@ -109,10 +109,6 @@ class Dispatcher:
         self._lanes[request.key] = deque([(inbound, request)])
         self._spawn(self._run_lane(request.key))
 
-    def has_room(self) -> bool:
-        """True if `submit()` will not wait for a free slot."""
-        return not self._slots.locked()
-
     async def drain(self, within: float) -> bool:
         """Wait until no command is in progress; False if `within` seconds ran out first."""
         try:

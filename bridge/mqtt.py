@@ -114,16 +114,14 @@ class MqttLink:
 
     # -- connection lifecycle --------------------------------------------------------------
 
-    async def run(self, handler: Handler, *, has_room: Callable[[], bool] = bool) -> None:
+    async def run(self, handler: Handler) -> None:
         """Connect, subscribe and feed messages to `handler`, reconnecting until `stop()`.
 
         `handler` is awaited for each command message before the next is handed over: it
         applies back-pressure by not returning while the bridge is full. If the connection is
         lost meanwhile, that wait is cancelled (so `handler` must be safe to cancel while it
-        waits) and the message is left to the broker to redeliver. `has_room` is no longer
-        needed for that and is ignored; it stays for callers that pass it.
+        waits) and the message is left to the broker to redeliver.
         """
-        del has_room
         attempt = 0
         while not self._stopping:
             self._was_up = False

@@ -94,7 +94,7 @@ class Site:
     def start_loops(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
         return [
             group.create_task(
-                self.link.run(self.dispatcher.submit, has_room=self.dispatcher.has_room),
+                self.link.run(self.dispatcher.submit),
                 name=f"mqtt-{self.name}",
             ),
             group.create_task(self.pager.watch(), name=f"pager-watch-{self.name}"),
