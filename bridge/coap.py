@@ -77,7 +77,6 @@ _METHODS: Final = {
     "DELETE": coapwire.DELETE,
 }
 # "2.05" for every code byte, built once: the hot path only looks it up.
-_DOTTED: Final = tuple(coapwire.dotted(code) for code in range(256))
 _CONTENT_FORMAT: Final = (CONTENT_FORMAT, uint(CONTENT_FORMAT_JSON))
 _OBSERVE_REGISTER: Final = (OBSERVE, uint(0))
 _OBSERVE_DEREGISTER: Final = (OBSERVE, uint(1))
@@ -194,7 +193,7 @@ class Transmitter:
                 response = await endpoint.request(code, request.options, request.payload, deadline)
                 if response.options and response.option(BLOCK2) is not None:
                     return await self._whole(endpoint, request, response, deadline)
-                return CoapReply(_DOTTED[response.code], response.payload, response.option(ETAG))
+                return _reply(response)
             except BaseException as exc:
                 # Whatever went wrong, this socket may hold a stale exchange: drop it.
                 self._current = None
@@ -268,7 +267,7 @@ class Transmitter:
                 return await self._whole(endpoint, plain, response, deadline)
         except Exception as exc:
             raise self._mapped(exc) from exc
-        return CoapReply(_DOTTED[response.code], response.payload, response.option(ETAG))
+        return _reply(response)
 
     async def _next(self, endpoint: Endpoint, inbox: Inbox, plain: _Request) -> CoapReply | None:
         """The next notification (whole), or None when the device ended the observation."""
@@ -281,7 +280,7 @@ class Transmitter:
                 return await self._whole(endpoint, plain, message, deadline)
         except Exception as exc:
             raise self._mapped(exc) from exc
-        return CoapReply(_DOTTED[message.code], message.payload, message.option(ETAG))
+        return _reply(message)
 
     async def _whole(
         self, endpoint: Endpoint, request: _Request, first: Message, deadline: float
@@ -329,7 +328,7 @@ class Transmitter:
             response = await endpoint.request(
                 request.code, request.block(offset // size, szx), request.payload, deadline
             )
-        return CoapReply(_DOTTED[first.code], b"".join(parts), etag)
+        return CoapReply(coapwire.dotted(first.code), b"".join(parts), etag)
 
     async def _new_endpoint(self) -> Endpoint:
         try:
@@ -399,3 +398,8 @@ class Transmitter:
         if isinstance(exc, Reset):
             return UpstreamError(f"{self.uri} rejected the request (RST)", detail=detail)
         return UpstreamError(f"CoAP exchange with {self.uri} failed: {exc!r}", detail=detail)
+
+
+def _reply(message: Message) -> CoapReply:
+    """A whole (unblocked) response as the bridge sees it."""
+    return CoapReply(coapwire.dotted(message.code), message.payload, message.option(ETAG))

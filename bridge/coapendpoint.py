@@ -29,14 +29,22 @@ import secrets
 import socket
 from typing import Final, Protocol
 
-from bridge.coapwire import ACK, CON, RST, CoapFormatError, Message, decode
+from bridge.coapwire import (
+    ACK,
+    ACK_RANDOM_FACTOR,
+    ACK_TIMEOUT,
+    CON,
+    MAX_RETRANSMIT,
+    NON,
+    RST,
+    CoapFormatError,
+    Message,
+    decode,
+    header,
+)
 
 log = logging.getLogger(__name__)
 
-# RFC 7252 §4.8 transmission parameters (the defaults).
-ACK_TIMEOUT: Final = 2.0
-ACK_RANDOM_FACTOR: Final = 1.5
-MAX_RETRANSMIT: Final = 4
 # Peer message IDs remembered for deduplication (a window of the latest, not EXCHANGE_LIFETIME:
 # far cheaper, and enough). At the few hundred notifications per second of a busy device this
 # spans ~15 s, the device's first two retransmissions (2-3 s, 6-9 s) of a CON whose ACK we sent
@@ -160,7 +168,7 @@ class Endpoint(asyncio.DatagramProtocol):
         if token is None:
             token = self.new_token()
         self._mid = mid = (self._mid + 1) & 0xFFFF
-        data = bytes((0x40 | len(token), code, mid >> 8, mid & 0xFF)) + token + options
+        data = header(CON, code, mid, token) + options
         if payload:
             data += b"\xff" + payload
         future = self._loop.create_future()
@@ -180,7 +188,7 @@ class Endpoint(asyncio.DatagramProtocol):
     def send_non(self, code: int, options: bytes, token: bytes) -> None:
         """Fire-and-forget non-confirmable request (a deregistration: its answer is not awaited)."""
         self._mid = mid = (self._mid + 1) & 0xFFFF
-        self._send(bytes((0x50 | len(token), code, mid >> 8, mid & 0xFF)) + token + options)
+        self._send(header(NON, code, mid, token) + options)
 
     def listen(self, token: bytes, listener: Listener) -> None:
         """Route messages carrying `token` to `listener` once no exchange is waiting for it."""

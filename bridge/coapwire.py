@@ -36,6 +36,12 @@ BAD_REQUEST, BAD_OPTION, NOT_FOUND, METHOD_NOT_ALLOWED = 128, 130, 132, 133
 REQUEST_ENTITY_INCOMPLETE, PRECONDITION_FAILED, REQUEST_ENTITY_TOO_LARGE = 136, 140, 141
 INTERNAL_SERVER_ERROR, NOT_IMPLEMENTED, SERVICE_UNAVAILABLE = 160, 161, 163
 
+# Transmission parameters (RFC 7252 §4.8, the defaults), for every endpoint that sends CONs.
+ACK_TIMEOUT: Final = 2.0
+ACK_RANDOM_FACTOR: Final = 1.5
+MAX_RETRANSMIT: Final = 4
+EXCHANGE_LIFETIME: Final = 247.0  # §4.8.2: how long a message ID stays in use
+
 _PAYLOAD_MARKER: Final = 0xFF
 _MAX_OPTION_NUMBER: Final = 0xFFFF
 _MAX_EXTENDED: Final = 269 + 0xFFFF  # the largest delta or length the 14 nibble can carry

@@ -40,16 +40,6 @@ class Link(Protocol):
 
     def ack(self, inbound: Inbound) -> None: ...
 
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        retain: bool = False,
-        correlation: bytes | None = None,
-        deadline: float = 30.0,
-    ) -> None: ...
-
     def publish_soon(
         self,
         topic: str,
@@ -172,7 +162,7 @@ class Dispatcher:
         )
         topic = self._router.topics.deadletter
         try:
-            await self._link.publish(topic, models.ENCODER.encode(letter))
+            await self._link.publish_soon(topic, models.ENCODER.encode(letter))
         except BridgeError as exc:
             log.warning("could not publish to %s: %s", topic, exc)
             return result

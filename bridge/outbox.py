@@ -4,10 +4,10 @@ A pager command typically publishes a retained session, an event and the statist
 result. Waiting for each of those PUBACKs before sending the result would put a broker round
 trip (or several) on every command's path; not waiting at all would acknowledge a command whose
 state might not be out. So the dispatcher opens an outbox per command (`collecting()`), features
-put their publishes in it (`defer()`) instead of awaiting them, and the dispatcher awaits them
+put their publishes in it (`send()`) instead of awaiting them, and the dispatcher awaits them
 together with the result before it acknowledges the command. The wire order is unchanged: the
 state publishes are started before the result's. Outside a command (notifications, reconnects)
-there is no outbox and `defer()` returns False: the caller awaits its publishes itself.
+there is no outbox and `send()` awaits the publishes itself.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from contextvars import ContextVar
 _current: ContextVar[list[Awaitable[object]] | None] = ContextVar("outbox", default=None)
 
 
-def defer(work: Awaitable[object]) -> bool:
-    """Put `work` in the current command's outbox; False (not taken) if there is none."""
+async def send(work: Awaitable[object]) -> None:
+    """Put started publishes in the current command's outbox, or await them if there is none."""
     box = _current.get()
     if box is None:
-        return False
-    box.append(work)
-    return True
+        await work
+    else:
+        box.append(work)
 
 
 @contextlib.contextmanager

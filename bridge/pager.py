@@ -231,9 +231,7 @@ class PagerService:
                 out += changed
                 self._metrics.set_pager_statistics(msgspec.structs.asdict(envelope.statistics))
         if out:
-            pending = self._publish(out)
-            if not outbox.defer(pending):
-                await pending
+            await outbox.send(self._publish(out))
 
     async def _resolve_vanished(self, sessions: Iterable[t7470.Session]) -> list[Outbound]:
         """Sessions gone from a full list ended while unobserved: history says how."""

@@ -102,9 +102,7 @@ class ScheduleService:
     async def _announce(self, schedule_id: int, ranges: list[TimeRange]) -> None:
         doc = models.ScheduleRanges(schedule_id=schedule_id, timeranges=_ranges_out(ranges))
         topic = self._topics.schedule_ranges(schedule_id)
-        pending = self._publish([Outbound(topic, models.ENCODER.encode(doc), True)])
-        if not outbox.defer(pending):
-            await pending
+        await outbox.send(self._publish([Outbound(topic, models.ENCODER.encode(doc), True)]))
 
 
 def _interval_value(value: int | Interval | None) -> int | None:

@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
-ACK_TIMEOUT: Final = 2.0
-ACK_RANDOM_FACTOR: Final = 1.5
-MAX_RETRANSMIT: Final = 4
+from bridge.coapwire import ACK_RANDOM_FACTOR, ACK_TIMEOUT, MAX_RETRANSMIT
 
 Address = tuple[Any, ...]
 Done = Callable[[bool], None]

@@ -50,6 +50,7 @@ from bridge.coapwire import (
     CON,
     CONTENT,
     CONTENT_FORMAT,
+    EXCHANGE_LIFETIME,
     GET,
     NON,
     NOT_FOUND,
@@ -78,7 +79,6 @@ from bridge.sim.coap_request import (
 
 log = logging.getLogger(__name__)
 
-EXCHANGE_LIFETIME: Final = 247.0
 # Answers kept for duplicate CONs. At 1,000 requests/s this covers ~8 s rather than 247 s:
 # enough for the retransmissions that really happen on a loopback or LAN (the first after 2-3 s).
 RECENT_LIMIT: Final = 8192

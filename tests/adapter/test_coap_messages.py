@@ -190,7 +190,7 @@ async def test_retransmissions_double_and_stop_after_max_retransmit(
         message, _, at = peer.queue.get_nowait()
         assert message.mtype == CON
         times.append(at)
-    assert len(times) == 1 + coapendpoint.MAX_RETRANSMIT
+    assert len(times) == 1 + coapwire.MAX_RETRANSMIT
     gaps = [b - a for a, b in itertools.pairwise(times)]
     for shorter, longer in itertools.pairwise(gaps):
         assert 1.5 < longer / shorter < 2.7

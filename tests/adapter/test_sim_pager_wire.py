@@ -217,7 +217,7 @@ async def test_observer_that_never_acks_is_dropped_after_retransmissions(
     raw.send(CON, coapwire.GET, 1, b"deaf", [(coapwire.OBSERVE, b""), *NOTIFY])
     await raw.next()
     sim.console_create(3)
-    copies = [await raw.next() for _ in range(1 + coap_reliable.MAX_RETRANSMIT)]
+    copies = [await raw.next() for _ in range(1 + coapwire.MAX_RETRANSMIT)]
     assert {(m.mid, m.option(coapwire.OBSERVE)) for m in copies} == {(copies[0].mid, b"\x01")}
     async with asyncio.timeout(2):
         while sim.observers:  # noqa: ASYNC110
