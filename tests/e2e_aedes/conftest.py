@@ -6,6 +6,7 @@ The same shape as tests/e2e, with aedes in place of Mosquitto: the bridge is set
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -16,11 +17,25 @@ from bridge.app import Bridge
 from bridge.config import Settings
 from bridge.sim.pager import PagerSimulator
 from tests.aedes import Aedes
-from tests.support import Peer, running, settings, started_sim
+from tests.support import Peer, Received, running, settings, started_sim
 
 pytestmark = pytest.mark.aedes
 
 BridgeFactory = Callable[..., AbstractAsyncContextManager[Bridge]]
+
+
+def states(peer: Peer) -> list[str]:
+    """Every `bridge/state` the peer saw, in order."""
+    return [p["state"] for p in peer.payloads("bridge/state") if p]
+
+
+def is_state(state: str) -> Callable[[Received], bool]:
+    """Matches a `bridge/state` message saying `state`."""
+
+    def match(message: Received) -> bool:
+        return message[0] == "bridge/state" and json.loads(message[1] or b"{}") == {"state": state}
+
+    return match
 
 
 class Certificates:
@@ -44,9 +59,10 @@ def certificates(tmp_path: Path) -> Certificates:
 
 
 @pytest.fixture
-def aedes() -> Iterator[Aedes]:
-    """A fresh aedes for one test: TCP on `port`, WebSockets on `ws_port` at /mqtt."""
-    with Aedes() as instance:
+def aedes(certificates: Certificates) -> Iterator[Aedes]:
+    """A fresh aedes for one test: TCP on `port`, WebSockets at /mqtt on `ws_port` and, with a
+    certificate from `certificates.ca_file`, on `wss_port`."""
+    with Aedes(tls=(str(certificates.cert_file), str(certificates.key_file))) as instance:
         yield instance
 
 
