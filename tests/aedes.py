@@ -58,6 +58,14 @@ class Aedes:
         """Everything the broker printed so far, across restarts."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
+    def wait_logged(self, text: str, timeout: float = 10.0) -> None:
+        """Block until the broker has printed `text` (run it in a thread from async code)."""
+        end = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > end:
+                raise TimeoutError(f"aedes did not log {text!r} within {timeout} s: {self.log()}")
+            time.sleep(0.02)
+
     def command(self) -> list[str]:
         if self.node is None:
             raise FileNotFoundError("node not found on PATH: install Node.js 20 or later")
