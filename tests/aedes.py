@@ -85,7 +85,11 @@ class Aedes:
         with self.log_path.open("ab") as out:
             start = out.tell()
             self.process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        self._wait_ready(start, timeout)
+        try:
+            self._wait_ready(start, timeout)
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def _wait_ready(self, start: int, timeout: float) -> None:
@@ -129,7 +133,11 @@ class Aedes:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()  # no broker and no temporary directory left behind
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
