@@ -48,8 +48,9 @@ function transport (client) {
 }
 
 // MQTT over WebSockets (MQTT 3.1.1 §6): one binary stream per connection, subprotocol `mqtt`
-// (`mqttv3.1` from old clients). A client offering neither gets no subprotocol, which most
-// clients reject; ws answers any other path than `--ws-path` with 400.
+// (`mqttv3.1` from old clients). ws would otherwise accept whatever the client offers first;
+// a client offering neither gets no subprotocol back, which strict clients (browsers, ws) refuse.
+// ws answers any path other than `--ws-path` with 400.
 function mqttOverWebSockets (server) {
   const wss = new WebSocketServer({
     server,

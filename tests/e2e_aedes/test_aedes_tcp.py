@@ -117,6 +117,9 @@ async def test_the_will_says_offline_when_the_bridge_process_is_killed(
         # No DISCONNECT was sent: aedes publishes the will.
         await peer.wait_for(is_state("offline"))
         assert states(peer) == ["online", "offline"]
+        async with Peer(aedes.port, v5=False) as late:  # the will is retained
+            retained = await late.wait_for(lambda m: m[0] == "bridge/state")
+            assert (retained[2], json.loads(retained[1])) == (True, {"state": "offline"})
 
         queued = {f"killed-{n}": 51 + n for n in range(3)}
         await publish_commands(peer, queued)
