@@ -272,7 +272,7 @@ def _describe(exc: msgspec.ValidationError) -> str:
 
 def _check(settings: Settings) -> None:
     for url, field, schemes in (
-        (settings.mqtt.url, "mqtt.url", ("mqtt", "mqtts")),
+        (settings.mqtt.url, "mqtt.url", ("mqtt", "mqtts", "ws", "wss")),
         (settings.pager.url, "pager.url", ("coap",)),
         (settings.sensaphone.url, "sensaphone.url", ("http", "https")),
     ):
@@ -339,20 +339,35 @@ class BrokerAddress(msgspec.Struct, frozen=True, kw_only=True):
     tls: bool
     username: str | None
     password: str | None
+    # MQTT over WebSockets (ws://, wss://): the HTTP path of the upgrade request.
+    websocket: bool = False
+    path: str = "/mqtt"
+
+
+# Default port per URL scheme: MQTT's registered ports, and HTTP's for WebSockets.
+_BROKER_PORTS = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
 
 
 def broker_address(mqtt: MqttSettings) -> BrokerAddress:
-    """Host, port, TLS and credentials, from the URL with the explicit fields winning."""
+    """Host, port, TLS, transport and credentials, from the URL with the explicit fields
+    winning. `ws://host:port/path` and `wss://...` select MQTT over WebSockets; the path
+    defaults to `/mqtt`, the one most brokers serve."""
     parts = urlsplit(mqtt.url)
-    tls = parts.scheme == "mqtts"
+    scheme = parts.scheme
     username = mqtt.username or (unquote(parts.username) if parts.username else None)
     password = mqtt.password or (unquote(parts.password) if parts.password else None)
+    websocket = scheme in ("ws", "wss")
+    path = parts.path or "/mqtt"
+    if parts.query:
+        path = f"{path}?{parts.query}"
     return BrokerAddress(
         host=parts.hostname or "127.0.0.1",
-        port=parts.port or (8883 if tls else 1883),
-        tls=tls,
+        port=parts.port or _BROKER_PORTS.get(scheme, 1883),
+        tls=scheme in ("mqtts", "wss"),
         username=username,
         password=password,
+        websocket=websocket,
+        path=path,
     )
 
 

@@ -26,7 +26,7 @@ from bridge.config import LimitSettings
 from bridge.errors import BridgeError, Expired
 from bridge.logs import correlation_id
 from bridge.metrics import Metrics
-from bridge.mqtt import Inbound
+from bridge.mqtt import Inbound, LinkDown, PublishRefused
 from bridge.routing import Request, Router, transaction_of
 from bridge.topics import BaseTopic, PagerTopic, ScheduleTopic, Topics, is_publishable
 
@@ -47,7 +47,6 @@ class Link(Protocol):
         *,
         retain: bool = False,
         correlation: bytes | None = None,
-        deadline: float = 30.0,
     ) -> Awaitable[None]: ...
 
 
@@ -161,15 +160,22 @@ class Dispatcher:
             error=result.error,
         )
         topic = self._router.topics.deadletter
-        try:
-            await self._link.publish_soon(topic, models.ENCODER.encode(letter))
-        except BridgeError as exc:
-            log.warning("could not publish to %s: %s", topic, exc)
+        if not await self._park(letter, route, result.error.code):
             return result
-        self._metrics.deadletters.labels(route, result.error.code).inc()
         detail = result.error.detail if isinstance(result.error.detail, dict) else {}
         error = msgspec.structs.replace(result.error, detail={**detail, "deadletter": topic})
         return msgspec.structs.replace(result, error=error)
+
+    async def _park(self, letter: models.DeadLetter, route: str, label: str) -> bool:
+        """Publish `letter` on the dead-letter topic; False (logged) if that failed too."""
+        topic = self._router.topics.deadletter
+        try:
+            await self._link.publish_soon(topic, models.ENCODER.encode(letter))
+        except BridgeError as exc:
+            log.warning("could not publish to %s: %s", topic, exc.message)
+            return False
+        self._metrics.deadletters.labels(route, label).inc()
+        return True
 
     def _check_age(self, inbound: Inbound, command: models.Command) -> None:
         """Refuse a command that is too old to be worth carrying out."""
@@ -203,13 +209,33 @@ class Dispatcher:
         outcome: str,
         deferred: list[Awaitable[object]] | None = None,
     ) -> None:
-        """Publish the result (after the command's deferred publishes), then acknowledge."""
+        """Publish the result (after the command's deferred publishes), then acknowledge.
+
+        A result the broker refuses (PUBACK 0x80 or more, e.g. an ACL) is not a delivery: the
+        command is parked on the dead-letter topic with the refusal, and acknowledged only once
+        that is out. Anything else that keeps the result from the broker leaves the command
+        unacknowledged, for the broker to deliver again.
+        """
         try:
-            await self._reply(inbound, payload, deferred or [])
+            refused = await self._reply(inbound, payload, deferred or [])
+            if refused is not None:
+                outcome = "result_refused"
+                letter = models.DeadLetter(
+                    topic=inbound.topic,
+                    payload=inbound.payload.decode("utf-8", "replace"),
+                    reason=f"the result could not be published: {refused.message}",
+                    error=models.ErrorInfo(
+                        code=refused.code, message=refused.message, detail=refused.detail
+                    ),
+                )
+                if not await self._park(letter, route, outcome):
+                    raise refused
             self._link.ack(inbound)
         except BridgeError as exc:
             # Not acknowledged: the broker will deliver the command again.
-            log.warning("result for %s not published (%s); left for redelivery", inbound.topic, exc)
+            log.warning(
+                "result for %s not published (%s); left for redelivery", inbound.topic, exc.message
+            )
             outcome = "unanswered"
         finally:
             metrics = self._metrics
@@ -224,20 +250,33 @@ class Dispatcher:
 
     async def _reply(
         self, inbound: Inbound, payload: bytes, sends: list[Awaitable[object]]
-    ) -> None:
+    ) -> PublishRefused | None:
+        """Publish the result after the deferred state publishes (publish_soon writes at once,
+        so the wire order is theirs), and wait for every PUBACK.
+
+        Returns the broker's refusal of the result itself, if it refused it. A refused state
+        or Response Topic publish is only logged and counted (by the link): the result is out.
+        Any other failure is raised.
+        """
         topic = Topics.result(inbound.topic)
-        # publish_soon writes at once, after the command's deferred state publishes: in order.
-        if is_publishable(topic):
-            sends.append(self._link.publish_soon(topic, payload))
+        result = self._link.publish_soon(topic, payload) if is_publishable(topic) else None
         response = inbound.response_topic
         if response and is_publishable(response) and not self._router.topics.in_namespace(response):
             sends.append(
                 self._link.publish_soon(response, payload, correlation=inbound.correlation)
             )
-        if len(sends) == 1:
-            await sends[0]
-        elif sends:
-            await asyncio.gather(*sends)
+        if result is not None:
+            sends.append(result)
+        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+        refused = None
+        for work, outcome in zip(sends, outcomes, strict=True):
+            if isinstance(outcome, PublishRefused):
+                refused = outcome if work is result else refused
+            elif isinstance(outcome, BridgeError):
+                raise outcome
+            elif isinstance(outcome, BaseException):
+                raise LinkDown(f"not published: {outcome!r}") from outcome
+        return refused
 
 
 def _correlation(transaction: str | int | None, inbound: Inbound) -> str:

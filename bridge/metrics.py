@@ -84,6 +84,17 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.mqtt_sessions_lost = Counter(
+            "iotbridge_mqtt_sessions_lost",
+            "Reconnects where the broker no longer had our session (queued commands lost)",
+            registry=r,
+        )
+        self.mqtt_publish_refused = Counter(
+            "iotbridge_mqtt_publish_refused",
+            "Publishes the broker refused (PUBACK reason code 0x80 or more), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.broker_dropped = Gauge(
             "iotbridge_broker_dropped_messages",
             "Messages the broker reports it dropped ($SYS/broker/publish/messages/dropped)",
@@ -91,7 +102,7 @@ class Metrics:
         )
         self.outbound_dropped = Counter(
             "iotbridge_outbound_dropped",
-            "Outbound messages that could not be published (buffer full or link down too long)",
+            "Outbound messages not published: too many already waiting for the broker",
             registry=r,
         )
         self.in_flight = Gauge(

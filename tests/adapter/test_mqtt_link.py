@@ -1,7 +1,8 @@
-"""bridge.mqtt.MqttLink against a real Mosquitto, with aiomqtt (over paho) as the independent peer.
+"""bridge.mqtt.MqttLink against a real Mosquitto, with aiomqtt as the independent peer.
 
-Plus two fake brokers on a raw socket, for what Mosquitto will not do on demand: never answer
-the CONNECT, or answer it and then fall silent.
+Broker faults are real ones: a Mosquitto that is stopped (SIGSTOP: its connections stay open
+and nothing answers), restarted, restarted without its persistence file, or given an ACL that
+refuses a topic; and a listener that accepts TCP connections and never says a word.
 """
 
 from __future__ import annotations
@@ -9,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import os
+import re
+import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
 
-from bridge import mqttwire
 from bridge.broker import Mosquitto
 from bridge.config import MqttSettings
 from bridge.metrics import Metrics
-from bridge.mqtt import Inbound, MqttLink
-from bridge.mqttconn import Connection, LinkError
+from bridge.mqtt import Inbound, MqttLink, PublishRefused
 from bridge.topics import Topics
 from tests.faults.tools import properties
 from tests.support import Peer, settings
@@ -138,28 +141,49 @@ async def test_mqtt_311(broker: Mosquitto) -> None:
     assert len(seen) == 20
 
 
-async def test_more_publishes_than_the_brokers_receive_maximum(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@contextlib.contextmanager
+def paho_log(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
+    """paho's own account of the packets it sends and receives (its debug log)."""
+    lines: list[str] = []
+    with caplog.at_level(logging.DEBUG, logger="bridge.mqtt.paho"):
+        yield lines
+        lines.extend(r.getMessage() for r in caplog.records if r.name == "bridge.mqtt.paho")
+
+
+def sent(lines: list[str], prefix: str, *, dup: int) -> list[int]:
+    """Packet ids of the QoS 1 PUBLISHes to `prefix`... paho logged sending with DUP `dup`."""
+    pattern = re.compile(rf"Sending PUBLISH \(d{dup}, q1, r\d, m(\d+)\), 'b'{re.escape(prefix)}")
+    return [int(found[1]) for line in lines if (found := pattern.match(line))]
+
+
+def most_in_flight(lines: list[str]) -> int:
+    """The most PUBLISHes ever sent and not yet PUBACKed, from paho's log."""
+    waiting: set[int] = set()
     most = 0
-    transmit = Connection._transmit
+    for line in lines:
+        if sent := re.match(r"Sending PUBLISH \(d\d, q1, r\d, m(\d+)\)", line):
+            waiting.add(int(sent[1]))
+            most = max(most, len(waiting))
+        elif acked := re.match(r"Received PUBACK \(Mid: (\d+)\)", line):
+            waiting.discard(int(acked[1]))
+    return most
 
-    def counting(self: Connection, *args: Any) -> None:
-        nonlocal most
-        transmit(self, *args)
-        most = max(most, len(self._pending))
 
-    monkeypatch.setattr(Connection, "_transmit", counting)
-    with Mosquitto(extra="max_inflight_messages 5\n") as broker:
+async def test_more_publishes_than_the_brokers_receive_maximum(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Mosquitto announces Receive Maximum 5 (its max_inflight_messages) but would not even
+    drop a client that exceeds it; the link keeps to it anyway, as MQTT 5 requires."""
+    with Mosquitto(extra="max_inflight_messages 5\n") as broker, paho_log(caplog) as lines:
         metrics = Metrics()
         link = MqttLink(link_settings(broker.port), Topics(), metrics)
         async with Peer(broker.port) as peer, running(link):
             await asyncio.gather(*(link.publish(f"out/{n}", b"%d" % n) for n in range(300)))
             await until(lambda: bool(peer.on("out/299")), 10)
             order = [int(m[1]) for m in peer.messages if m[0].startswith("out/")]
-    assert most == 5  # the window was used, never exceeded
+    assert most_in_flight(lines) == 5  # the window was used, never exceeded
     assert order == list(range(300))  # queued publishes go out in order
-    assert metrics.mqtt_reconnects._value.get() == 0  # Mosquitto would drop us for exceeding it
+    assert metrics.mqtt_reconnects._value.get() == 0
 
 
 async def test_broker_restart_mid_publish(broker: Mosquitto) -> None:
@@ -172,10 +196,8 @@ async def test_broker_restart_mid_publish(broker: Mosquitto) -> None:
         publishes = asyncio.gather(
             *(link.publish(f"restart/{n}", b"%d" % n, retain=True) for n in range(count))
         )
-        conn = link._conn
-        assert conn is not None
-        await until(lambda: conn._acks >= 100, 5)
-        assert conn._pending, "the broker must go while publishes wait for PUBACKs"
+        await until(lambda: link._acks >= 100, 5)
+        assert link._pending, "the broker must go while publishes wait for PUBACKs"
         # SIGTERM: Mosquitto saves what it acknowledged. (After a SIGKILL it loses what it
         # acknowledged since its last save, a broker property tests/faults measures.)
         broker.stop()
@@ -193,6 +215,82 @@ async def test_broker_restart_mid_publish(broker: Mosquitto) -> None:
     assert took < 5, took
 
 
+@contextlib.contextmanager
+def frozen(broker: Mosquitto) -> Iterator[None]:
+    """SIGSTOP the broker: its sockets stay open, the kernel still accepts, nothing answers."""
+    assert broker.process is not None
+    pid = broker.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+async def test_unacknowledged_publishes_are_resent_with_dup_on_the_resumed_session(
+    broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker freezes with publishes in flight; the link gives up on the connection (no
+    PUBACK for op_timeout), reconnects once the broker is back, finds its session, and paho
+    sends the unacknowledged publishes again with DUP set, under their packet ids."""
+    metrics = Metrics()
+    env = {"mqtt_op_timeout": "1"}
+    link = MqttLink(link_settings(broker.port, **env), Topics(), metrics)
+    with paho_log(caplog) as lines:
+        async with Peer(broker.port) as peer, running(link):
+            with frozen(broker):
+                publishes = asyncio.gather(
+                    *(link.publish(f"dup/{n}", b"%d" % n) for n in range(20))
+                )
+                await until(lambda: metrics.mqtt_connected._value.get() == 0, 5)
+            async with asyncio.timeout(15):
+                await publishes
+            await until(lambda: len([m for m in peer.messages if m[0].startswith("dup/")]) >= 20, 5)
+    first, again = sent(lines, "dup/", dup=0), sent(lines, "dup/", dup=1)
+    assert len(first) == 20
+    assert sorted(again) == sorted(first)  # every one, with DUP, under its own packet id
+    assert metrics.mqtt_connect_failures.labels("timeout")._value.get() >= 1
+    assert metrics.mqtt_sessions_lost._value.get() == 0  # the session was there to resume
+
+
+async def test_a_lost_session_is_a_warning_and_a_metric(
+    broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker comes back without its persistence file: our session, and whatever it held
+    for us, is gone. The link says so, subscribes again and carries on."""
+    metrics = Metrics()
+    link = MqttLink(link_settings(broker.port), Topics(), metrics)
+    async with running(link):
+        broker.stop()
+        for db in Path(broker.config_path).parent.glob("*.db"):
+            db.unlink()
+        broker.start()
+        await until(lambda: metrics.mqtt_reconnects._value.get() >= 1 and link.ready, 10)
+        async with Peer(broker.port) as peer:
+            await peer.publish("pager/5/action", b"after")
+            await peer.wait_for(lambda m: m[0] == "pager/5/action/result")
+    assert metrics.mqtt_sessions_lost._value.get() == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("the broker dropped our session" in w and "are lost" in w for w in warnings)
+
+
+async def test_a_refused_publish_is_not_delivered(broker: Mosquitto, tmp_path: Path) -> None:
+    """PUBACK 0x87 (an ACL refusing the topic) fails the publish; it is counted, not taken as
+    delivered; the connection stays up."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite #\ntopic deny refused/#\n", encoding="utf-8")
+    with Mosquitto(acl_file=str(acl)) as guarded:
+        metrics = Metrics()
+        link = MqttLink(link_settings(guarded.port), Topics(), metrics)
+        async with running(link):
+            with pytest.raises(PublishRefused, match=r"Not authorized \(0x87\)"):
+                await link.publish("refused/1", b"x")
+            await link.publish("allowed/1", b"x")
+        refused = metrics.mqtt_publish_refused.labels("not_authorized")._value.get()
+    assert refused == 1
+    assert metrics.mqtt_reconnects._value.get() == 0
+
+
 async def test_ack_only_on_the_connection_it_came_on(broker: Mosquitto) -> None:
     link = MqttLink(link_settings(broker.port), Topics(), Metrics())
     seen: list[Inbound] = []
@@ -203,13 +301,13 @@ async def test_ack_only_on_the_connection_it_came_on(broker: Mosquitto) -> None:
     async with Peer(broker.port) as peer, running(link, keep):
         await peer.publish("pager/9/action", b"once")
         await until(lambda: bool(seen), 5)
-        conn = link._conn
-        assert conn is not None
-        conn.abort(LinkError("network", "dropped by the test"))  # before it is answered
+        assert link._driver is not None
+        link._driver.abort()  # the connection drops before the command is answered
         await until(lambda: len(seen) >= 2, 10)
         first, second = seen
         assert (first.topic, second.topic) == ("pager/9/action", "pager/9/action")
         assert second.generation == first.generation + 1
+        assert second.dup  # the broker says it is a redelivery
         link.ack(first)  # stale: its packet id means nothing on the new connection
         link.ack(second)
         await asyncio.sleep(0.2)
@@ -242,14 +340,40 @@ async def test_a_lost_connection_cancels_a_blocked_handler(broker: Mosquitto) ->
     async with Peer(broker.port) as peer, running(link, blocked_first):
         await peer.publish("pager/3/action", b"stuck")
         await until(lambda: bool(calls), 5)
-        conn = link._conn
-        assert conn is not None
-        conn.abort(LinkError("network", "dropped by the test"))
+        assert link._driver is not None
+        link._driver.abort()
         async with asyncio.timeout(2):
             await cancelled.wait()
         await until(lambda: len(calls) >= 2, 5)
     assert [c.payload for c in calls] == [b"stuck", b"stuck"]
     assert calls[1].generation == calls[0].generation + 1
+
+
+async def test_a_full_handler_stops_reading_from_the_socket(broker: Mosquitto) -> None:
+    """While the handler does not take messages, at most about `receive_maximum` wait in the
+    link: it stops reading, and the rest wait in the kernel and at the broker. QoS 0 is what
+    no Receive Maximum limits, so the peer sends that."""
+    link = MqttLink(link_settings(broker.port), Topics(), Metrics(), receive_maximum=10)
+    release = asyncio.Event()
+    handled: list[Inbound] = []
+
+    async def slow(inbound: Inbound) -> None:
+        await release.wait()
+        handled.append(inbound)
+
+    async with Peer(broker.port) as peer, running(link, slow):
+        assert peer._client is not None
+        for n in range(2000):
+            await peer._client.publish(f"pager/{n % 50 + 1}/action", b"x" * 1000, qos=0)
+        await asyncio.sleep(1.0)
+        conn = link._conn
+        assert conn is not None
+        waiting = len(conn.inbox)
+        paused = link._driver is not None and link._driver._paused
+        release.set()
+        await until(lambda: len(handled) >= 100, 10)
+    assert paused
+    assert waiting <= 10 + 1, waiting  # what the last read completed may add one
 
 
 def keep_into(seen: list[Inbound]) -> Handler:
@@ -273,34 +397,29 @@ async def test_watchers_and_refusals(broker: Mosquitto) -> None:
     assert watched == [("homeassistant/sensor/iotbridge/a/config", b"{}")]
 
 
-# -- fake brokers --------------------------------------------------------------------------------
+# -- brokers that do not answer ------------------------------------------------------------------
 
 
 @contextlib.asynccontextmanager
-async def fake_broker(answer: bytes | None) -> AsyncIterator[tuple[int, list[bytes]]]:
-    """Accepts connections; answers the first read with `answer` (if any), then stays silent."""
-    received: list[bytes] = []
+async def mute_listener() -> AsyncIterator[int]:
+    """Accepts TCP connections and never sends a byte."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        received.append(await reader.read(1000))
-        if answer is not None:
-            writer.write(answer)
         with contextlib.suppress(ConnectionError):
-            while data := await reader.read(1000):
-                received.append(data)
+            while await reader.read(1000):
+                pass
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     try:
-        yield port, received
+        yield server.sockets[0].getsockname()[1]
     finally:
         server.close()
 
 
 async def test_no_connack_is_a_timeout() -> None:
     metrics = Metrics()
-    async with fake_broker(None) as (port, _):
+    async with mute_listener() as port:
         env = {"mqtt_op_timeout": "0.3", "mqtt_reconnect_min": "5", "mqtt_reconnect_max": "5"}
         link = MqttLink(link_settings(port, **env), Topics(), metrics)
         task = asyncio.create_task(link.run(echo(link)))
@@ -311,19 +430,19 @@ async def test_no_connack_is_a_timeout() -> None:
     assert metrics.mqtt_connect_failures.labels("timeout")._value.get() == 1
 
 
-async def test_a_silent_broker_is_dropped_after_one_and_a_half_keepalives() -> None:
+async def test_a_silent_broker_is_dropped_by_the_keepalive(broker: Mosquitto) -> None:
+    """paho's keepalive: a PINGREQ after a keepalive of silence, and the connection dropped when
+    no PINGRESP follows within another."""
     metrics = Metrics()
-    async with fake_broker(b"\x20\x03\x00\x00\x00") as (port, received):
-        # Below the configurable minimum (5 s), to keep the test short: structs skip validation.
-        mqtt = msgspec.structs.replace(
-            link_settings(port, mqtt_reconnect_min="5", mqtt_reconnect_max="5"), keepalive=1
-        )
-        link = MqttLink(mqtt, Topics(), metrics)
-        task = asyncio.create_task(link.run(echo(link)))
-        await asyncio.sleep(2.6)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    # It asked (SUBSCRIBE, then PINGREQ when nothing came back) before giving up.
-    assert mqttwire.PINGREQ in b"".join(received[1:])
+    # Below the configurable minimum (5 s), to keep the test short: structs skip validation.
+    mqtt = msgspec.structs.replace(
+        link_settings(broker.port, mqtt_reconnect_min="5", mqtt_reconnect_max="5"), keepalive=1
+    )
+    link = MqttLink(mqtt, Topics(), metrics)
+    async with running(link):
+        with frozen(broker):
+            started = time.monotonic()
+            await until(lambda: metrics.mqtt_connected._value.get() == 0, 5)
+            took = time.monotonic() - started
+    assert 1 <= took <= 3.5, took
     assert metrics.mqtt_connect_failures.labels("timeout")._value.get() == 1

@@ -151,10 +151,10 @@ async def test_broker_restart(bridge: Bridge, broker: Mosquitto) -> None:
 
 
 async def test_mqtt_socket_has_nagle_off(bridge: Bridge) -> None:
-    conn = bridge.sites[0].link._conn
-    assert conn is not None
-    assert conn.transport is not None
-    sock = conn.transport.get_extra_info("socket")
+    driver = bridge.sites[0].link._driver
+    assert driver is not None
+    sock = driver.socket
+    assert sock is not None
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 

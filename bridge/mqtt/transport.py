@@ -1,0 +1,266 @@
+"""paho-mqtt driven on the asyncio loop: the socket, its readiness callbacks, and nothing else.
+
+paho's `Client` is written for a loop of its own (`loop_start()` runs one in a thread). Its
+documented alternative is to drive it from an external event loop through its socket callbacks
+(`on_socket_open` / `on_socket_close` / `on_socket_register_write` /
+`on_socket_unregister_write`) and `loop_read()`, `loop_write()` and `loop_misc()`: paho's own
+`examples/loop_asyncio.py` and Home Assistant's MQTT client work this way. `PahoDriver` is that
+glue, with Home Assistant's care for the hot path:
+
+- Reads: one `add_reader` for the life of the socket. `loop_read()` reads as many packets as
+  paho has messages in flight (at least one); under TLS, decrypted bytes can wait inside the SSL
+  object where epoll cannot see them, so reading continues while `SSLSocket.pending()` says so.
+  `pause_reading()` takes the reader off the loop: the kernel's receive buffer then fills and TCP
+  flow control makes the broker wait (back-pressure on the socket, not only in the bridge).
+- Writes: paho asks for write readiness whenever it queued a packet. Instead of an
+  `add_writer`/`remove_writer` pair (two epoll_ctl calls) for every batch, everything queued
+  during one loop iteration is written by one `loop_write()` scheduled with `call_soon`; only a
+  full socket buffer registers a writer.
+- `loop_misc()` once a second: paho's keepalive (PINGREQ when idle, and the connection dropped
+  when no PINGRESP comes back within the keepalive).
+
+What paho does not do without blocking is connecting: `Client.connect()` / `reconnect()` call
+`socket.create_connection()` and a blocking TLS handshake, which would stall every site in the
+process while a broker is slow to answer. `open_socket()` does the DNS lookup, TCP connect and
+TLS handshake on the loop instead, and `PreparedClient` hands that socket to paho in place of
+the one paho would have made (`_create_socket_connection` is paho's single point for that; see
+tests/adapter/test_mqtt_paho.py for the blocking it avoids). The one exception is the WebSocket
+upgrade of `ws://` and `wss://` URLs: paho performs that HTTP exchange synchronously inside
+`reconnect()`, so it costs one round trip to the broker with the loop held, bounded by
+`connect_timeout`. That is paho's code, not ours: the bridge writes no MQTT, HTTP or WebSocket
+bytes itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+
+log = logging.getLogger("bridge.mqtt")
+
+MISC_INTERVAL = 1.0
+
+
+class PreparedClient(paho.Client):
+    """paho's Client, connected over a socket the event loop opened (see the module docstring).
+
+    `reconnect()` must be preceded by `prepare(sock)`; paho never opens a socket itself, so it
+    can never block the loop on a connect.
+    """
+
+    _prepared: socket.socket | None = None
+
+    def prepare(self, sock: socket.socket) -> None:
+        self._prepared = sock
+
+    def _create_socket_connection(self) -> socket.socket:
+        sock, self._prepared = self._prepared, None
+        if sock is None:
+            raise ConnectionError("no connected socket was prepared for paho")
+        return sock
+
+
+async def open_socket(host: str, port: int, tls: ssl.SSLContext | None) -> socket.socket:
+    """A connected, non-blocking TCP socket (TLS handshake done) with Nagle off.
+
+    Nagle's algorithm delays a small write until the previous one is acknowledged: with it on,
+    every command waited 40-88 ms on delayed ACKs. Raises OSError (ssl.SSLError is one); the
+    caller bounds the time.
+    """
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, address)
+            if tls is None:
+                return sock
+            return await _handshake(
+                tls.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+            )
+        except OSError as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise error
+
+
+async def _handshake(sock: ssl.SSLSocket) -> ssl.SSLSocket:
+    """The TLS handshake of a non-blocking socket, waiting on the loop (ssl module's own
+    pattern: retry `do_handshake()` when the socket is readable or writable again)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            await _ready(loop.add_reader, loop.remove_reader, sock)
+        except ssl.SSLWantWriteError:
+            await _ready(loop.add_writer, loop.remove_writer, sock)
+        else:
+            return sock
+
+
+async def _ready(
+    add: Callable[..., Any], remove: Callable[[Any], Any], sock: socket.socket
+) -> None:
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def ready() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    add(sock, ready)
+    try:
+        await waiter
+    finally:
+        remove(sock)
+
+
+class PahoDriver:
+    """Runs one paho client's I/O on the running asyncio loop (see the module docstring)."""
+
+    def __init__(self, client: paho.Client) -> None:
+        self._client = client
+        self._loop = asyncio.get_running_loop()
+        self._sock: Any = None  # what paho reads from: a socket, or its WebSocket wrapper
+        self._raw: socket.socket | None = None  # the socket under it
+        self._ssl: ssl.SSLSocket | None = None
+        self._reading = False
+        self._paused = False
+        self._write_soon = False
+        self._writer = False
+        self._misc: asyncio.TimerHandle | None = None
+        self.on_misc: Callable[[], None] | None = None
+        client.on_socket_open = self._opened
+        client.on_socket_close = self._closed
+        client.on_socket_register_write = self._want_write
+        client.on_socket_unregister_write = self._no_write
+
+    @property
+    def socket(self) -> Any:
+        """The raw socket paho talks over, or None between connections."""
+        return self._sock
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket; the broker then waits on TCP flow control."""
+        self._paused = True
+        self._stop_reading()
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        if self._sock is not None and not self._reading:
+            self._start_reading()
+            # Bytes may already wait in the SSL object, where epoll would never report them.
+            self._loop.call_soon(self._readable)
+
+    def abort(self) -> None:
+        """Drop the connection at once, without DISCONNECT (the broker publishes the will).
+
+        paho notices on its next read (the socket reads as closed) and reports the loss
+        through `on_disconnect`, exactly as for a connection the network dropped.
+        """
+        if self._raw is None:
+            return
+        with contextlib.suppress(OSError):
+            self._raw.shutdown(socket.SHUT_RDWR)
+        if not self._reading:
+            self._start_reading()
+        self._loop.call_soon(self._readable)
+
+    def flush(self) -> None:
+        """Write what paho has queued now (shutting down: no later loop iteration)."""
+        if self._sock is not None:
+            self._client.loop_write()
+
+    # -- paho's socket callbacks --------------------------------------------------------------
+
+    def _opened(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._sock = sock
+        raw = getattr(sock, "_socket", sock)  # paho's WebSocket wrapper keeps the socket here
+        self._raw = raw
+        self._ssl = raw if isinstance(raw, ssl.SSLSocket) else None
+        self._write_soon = self._writer = False
+        if not self._paused:
+            self._start_reading()
+        if self._misc is None:
+            self._misc = self._loop.call_later(MISC_INTERVAL, self._tick)
+
+    def _closed(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if sock is not self._sock:
+            return
+        self._stop_reading()
+        if self._writer:
+            self._loop.remove_writer(sock)
+        self._sock = self._raw = self._ssl = None
+        self._write_soon = self._writer = False
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+
+    def _want_write(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
+        if not self._write_soon and not self._writer:
+            self._write_soon = True
+            self._loop.call_soon(self._writable)
+
+    def _no_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if self._writer and sock is self._sock:
+            self._writer = False
+            self._loop.remove_writer(sock)
+
+    # -- readiness -----------------------------------------------------------------------------
+
+    def _start_reading(self) -> None:
+        if self._sock is not None:
+            self._loop.add_reader(self._sock, self._readable)
+            self._reading = True
+
+    def _stop_reading(self) -> None:
+        if self._reading and self._sock is not None:
+            self._loop.remove_reader(self._sock)
+        self._reading = False
+
+    def _readable(self) -> None:
+        client = self._client
+        while self._sock is not None and not self._paused:
+            if client.loop_read() != paho.MQTT_ERR_SUCCESS:
+                return  # paho closed the socket and reported it through on_disconnect
+            tls = self._ssl
+            if tls is None or self._sock is None or not tls.pending():
+                return
+
+    def _writable(self) -> None:
+        self._write_soon = False
+        sock = self._sock
+        if sock is None:
+            return
+        self._client.loop_write()
+        # Partly written (the socket buffer is full): wait until it drains.
+        if self._sock is sock and self._client.want_write() and not self._writer:
+            self._writer = True
+            self._loop.add_writer(sock, self._writable_again)
+
+    def _writable_again(self) -> None:
+        if self._sock is not None:
+            self._client.loop_write()  # paho calls _no_write once everything is out
+
+    def _tick(self) -> None:
+        self._misc = None
+        if self._sock is None:
+            return
+        self._client.loop_misc()
+        if self.on_misc is not None:
+            self.on_misc()
+        if self._sock is not None and self._misc is None:
+            self._misc = self._loop.call_later(MISC_INTERVAL, self._tick)
