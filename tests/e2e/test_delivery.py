@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +13,7 @@ from bridge.app import Bridge
 from bridge.broker import Mosquitto
 from bridge.sim.pager import PagerSimulator
 from tests.e2e.conftest import BridgeFactory
-from tests.support import Peer, http_get
+from tests.support import Peer, http_get, running, settings
 
 pytestmark = pytest.mark.broker
 
@@ -74,3 +76,36 @@ async def test_retained_state_is_republished_after_the_broker_lost_it(
             await late.wait_for(lambda m: m[0] == "pager/statistics")
     finally:
         fresh.cleanup()
+
+
+async def test_a_result_the_broker_refuses_is_dead_lettered_not_taken_as_delivered(
+    tmp_path: Path, pager_sim: PagerSimulator
+) -> None:
+    """An ACL refuses the bridge's result topic for pager 13 (MQTT 5 PUBACK 0x87). The command
+    ran, but nobody can see its result: it is parked on bridge/deadletter with the broker's
+    reason, counted, and only then acknowledged, so it is not redelivered for ever."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite #\ntopic deny pager/13/action/result\n", encoding="utf-8")
+    with Mosquitto(acl_file=str(acl)) as guarded:
+        env = {
+            "mqtt_url": f"mqtt://127.0.0.1:{guarded.port}",
+            "mqtt_client_id": "iotbridge-refused",
+            "pager_url": f"coap://127.0.0.1:{pager_sim.port}",
+        }
+        async with Peer(guarded.port) as peer, running(Bridge(settings(**env))) as bridge:
+            await peer.publish(
+                "pager/13/action", json.dumps({"action": "alert", "transaction": "x"})
+            )
+            letter = json.loads((await peer.wait_for(lambda m: m[0] == "bridge/deadletter"))[1])
+            metrics = await http_get(bridge, "/metrics")
+            assert (await peer.request("pager/14/action", {"action": "alert"}))["status"] == "ok"
+        assert peer.on("pager/13/action/result") == []
+        assert letter["topic"] == "pager/13/action"
+        assert "Not authorized (0x87)" in letter["reason"]
+        assert 'iotbridge_mqtt_publish_refused_total{reason="not_authorized"} 1.0' in metrics
+        assert 'outcome="result_refused"' in metrics
+        # Acknowledged: a new session of the same bridge gets nothing redelivered.
+        async with running(Bridge(settings(**env))) as again:
+            await asyncio.sleep(0.5)
+            assert 'route="pager"' not in await http_get(again, "/metrics")
+    assert [r[0] for r in pager_sim.received] == [13, 14]  # carried out once
