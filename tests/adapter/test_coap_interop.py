@@ -1,7 +1,8 @@
-"""`Transmitter` against aiocoap's server, an independent CoAP implementation.
+"""`Transmitter` against aiocoap's own server side, a peer that is not the bridge's simulator.
 
-The simulator's server shares `bridge.coapwire` with the client; this peer shares nothing, so a
-misreading of RFC 7252/7641/7959 common to both of ours would show up here.
+The client is aiocoap too; this checks the bridge's use of it end to end against a server it
+did not write: block-wise answers, separate responses, query and Content-Format, Observe and
+the explicit deregistration the client sends on its own (`coap._deregister`).
 """
 
 from __future__ import annotations
