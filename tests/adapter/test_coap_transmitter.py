@@ -12,6 +12,7 @@ import pytest
 from bridge.coap import CoapReply, Transmitter
 from bridge.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from bridge.sim.pager import PagerSimulator
+from tests.support import started_sim
 
 SESSIONS = "/v1/sessions"
 
@@ -215,6 +216,37 @@ async def test_lost_observation_raises_timeout_and_can_re_register() -> None:
     finally:
         await tx.close()
         await sim.stop()
+
+
+async def test_pings_keep_the_observation_alive() -> None:
+    """The device's pings are confirmable notifications; aiocoap ACKs them, and each one
+    resets the idle clock, so a quiet but live device never times the observation out."""
+    async with started_sim(ping_interval=0.1) as sim:
+        tx = Transmitter(sim.uri, timeout=1.0)
+        stream = tx.observe("/v1/notify", idle=0.4)
+        try:
+            await anext(stream)
+            pings = 0
+            async with asyncio.timeout(2):
+                async for note in stream:
+                    assert b'"ping"' in note.payload
+                    pings += 1
+                    if pings == 12:  # 1.2 s: three times the idle time
+                        break
+            assert sim.observers == 1
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            await tx.close()
+
+
+async def test_refused_observe_is_yielded_then_ends() -> None:
+    async with started_sim(observe=False) as sim:
+        tx = Transmitter(sim.uri, timeout=1.0)
+        try:
+            replies = [reply.code async for reply in tx.observe("/v1/notify")]
+            assert replies == ["4.04"]
+        finally:
+            await tx.close()
 
 
 async def test_registration_to_a_dead_device_is_unavailable(sim: PagerSimulator) -> None:
