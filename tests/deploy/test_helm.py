@@ -165,6 +165,7 @@ def test_chart_metadata() -> None:
         ({"replica": 3}, "replica"),
         ({"mqtt": {"url": "mqtt://user:pw@broker:1883"}}, "url"),
         ({"mqtt": {"url": "http://broker"}}, "url"),
+        ({"mqtt": {"url": "wss://user:pw@broker/mqtt"}}, "url"),
         ({"config": {"mqtt": {"password": "x"}}}, "/config/mqtt/password"),
         ({"config": {"sensaphone": {"password": "x"}}}, "/config/sensaphone/password"),
         ({"config": {"loglevel": "debug"}}, "loglevel"),
@@ -177,13 +178,24 @@ def test_schema_refuses_typos_and_misplaced_secrets(values: dict[str, Any], comp
         render(values)
 
 
+@pytest.mark.parametrize("url", ["ws://broker:8080/mqtt", "wss://broker/mqtt", "ws://broker"])
+def test_websocket_urls_are_accepted(url: str) -> None:
+    env = {
+        e["name"]: e.get("value")
+        for doc in render({"mqtt": {"url": url}})
+        if doc["kind"] == "Deployment"
+        for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["IOTBRIDGE_MQTT_URL"] == url
+
+
 @pytest.mark.parametrize(
     ("values", "complaint"),
     [
         ({"mqtt": {"tls": {"enabled": True}}}, "secretName"),
         (
             {"mqtt": {"url": "mqtt://broker:1883", "tls": {"enabled": True, "secretName": "t"}}},
-            "mqtts://",
+            "mqtts:// or wss://",
         ),
     ],
 )
