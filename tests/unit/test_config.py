@@ -92,3 +92,24 @@ def test_client_id_is_stable() -> None:
         config.load({}).mqtt
     )
     assert config.client_id_or_default(config.load({"IOTBRIDGE_MQTT_CLIENT_ID": "x"}).mqtt) == "x"
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "tls", "websocket", "path"),
+    [
+        ("mqtt://b", "b", 1883, False, False, "/mqtt"),
+        ("mqtts://b", "b", 8883, True, False, "/mqtt"),
+        ("ws://b", "b", 80, False, True, "/mqtt"),
+        ("ws://b:9001/", "b", 9001, False, True, "/"),
+        ("wss://user:pw@b/ws/mqtt?token=1", "b", 443, True, True, "/ws/mqtt?token=1"),
+    ],
+)
+def test_broker_urls(url: str, host: str, port: int, tls: bool, websocket: bool, path: str) -> None:
+    address = config.broker_address(config.load({"IOTBRIDGE_MQTT_URL": url}).mqtt)
+    assert (address.host, address.port, address.tls) == (host, port, tls)
+    assert (address.websocket, address.path) == (websocket, path)
+
+
+def test_websocket_url_password_is_redacted() -> None:
+    settings = config.load({"IOTBRIDGE_MQTT_URL": "wss://u:hunter2@b/mqtt"})
+    assert config.redacted(settings)["mqtt"]["url"] == "wss://u:***@b/mqtt"
