@@ -1,44 +1,73 @@
-"""The T7470's CoAP resources: `Request` in, `Response` out, over a `PagerDevice`.
+"""The T7470's CoAP resources as plain functions: `Request` in, `Response` out, on a device.
 
-`bridge.sim.pager` mounts `DeviceResources.routes()` on its CoAP server
-(`bridge.sim.coap_server`) and adds Observe, the fault controls and the server lifecycle. The
-handlers are plain functions: they do no I/O. Bodies must be compact JSON with Content-Format
-50; every refusal answers `{"error": "<why>"}` (see `bridge.sim.pager` for the list).
+`bridge.sim.pager` mounts `DeviceResources.routes()` on an aiocoap `Site` (a thin `Resource`
+adapter turns each `aiocoap.Message` into a `Request` and the `Response` back into a message)
+and adds Observe, the fault controls and the server lifecycle. `Request` and `Response` are
+plain values, not a codec: aiocoap encodes and decodes every packet. The handlers do no I/O.
+Bodies must be compact JSON with Content-Format 50; every refusal answers
+`{"error": "<why>"}` (see `bridge.sim.pager` for the list).
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import msgspec
+from aiocoap.numbers.codes import Code
 
 from bridge import t7470
-from bridge.coapwire import (
-    CHANGED,
-    CONTENT,
-    CREATED,
-    DELETE,
-    DELETED,
-    GET,
-    POST,
-    PUT,
-    VALID,
-)
-from bridge.sim.coap_request import Handler, Request, Response
 from bridge.sim.pager_device import DeviceError, PagerDevice
 
 _T = TypeVar("_T")
 Received = tuple[int, str, str | None]  # number, CoAP method, action ("alert" for /v1/page)
 
-# The dotted codes a DeviceError carries, as code bytes.
-_CODES: Final = {f"{c >> 5}.{c & 0x1F:02d}": c for c in (65, 66, 67, 68, 69, 128, 132, 133, 143)}
+# The dotted codes a DeviceError carries (every code the device answers with).
+_CODES: Final = {
+    code.dotted: code
+    for code in (
+        Code.CREATED,
+        Code.DELETED,
+        Code.VALID,
+        Code.CHANGED,
+        Code.CONTENT,
+        Code.BAD_REQUEST,
+        Code.NOT_FOUND,
+        Code.METHOD_NOT_ALLOWED,
+        Code.UNSUPPORTED_CONTENT_FORMAT,
+    )
+}
 _CREATE = msgspec.json.Decoder(t7470.CreateSession)
 _UPDATE = msgspec.json.Decoder(t7470.UpdateSession)
 _PAGE = msgspec.json.Decoder(t7470.StandalonePage)
 _SETTINGS = msgspec.json.Decoder(t7470.Settings)
 _WHITESPACE: Final = frozenset(b" \t\r\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request as a handler sees it (what the adapter read from the `aiocoap.Message`)."""
+
+    code: Code
+    query: tuple[str, ...] = ()
+    payload: bytes = b""
+    content_format: int | None = None
+    etags: tuple[bytes, ...] = ()
+
+
+@dataclass(slots=True)
+class Response:
+    """A handler's answer, turned into an `aiocoap.Message` by the adapter."""
+
+    code: Code
+    payload: bytes = b""
+    content_format: int | None = None
+    etag: bytes | None = None
+
+
+Handler = Callable[[Request], Response]
 
 
 class DeviceResources:
@@ -67,14 +96,14 @@ class DeviceResources:
         if number is not None:
             self.received.append((number, method, action))
 
-    def _sessions_reply(self, code: int, sessions: list[t7470.Session]) -> Response:
+    def _sessions_reply(self, code: Code, sessions: list[t7470.Session]) -> Response:
         stats = self.device.statistics()
         envelope = self.device.envelope(
             ["sessions", "statistics"], sessions=sessions, statistics=stats
         )
         return reply(code, envelope)
 
-    def _changed(self, code: int, sessions: list[t7470.Session]) -> Response:
+    def _changed(self, code: Code, sessions: list[t7470.Session]) -> Response:
         """The reply to a change; its body is also the observers' notification of it."""
         response = self._sessions_reply(code, sessions)
         if sessions:
@@ -84,79 +113,79 @@ class DeviceResources:
     def _sessions(self, request: Request) -> Response:
         number = _number(request, self.device)
         method = request.code
-        if method == GET:
+        if method == Code.GET:
             return self._get_sessions(request, number)
-        if method == POST:
+        if method == Code.POST:
             body = _body(request, _CREATE)
             self._log(body.number, "POST", body.action)
-            return self._changed(CREATED, self.device.create(body))
-        if method == PUT:
+            return self._changed(Code.CREATED, self.device.create(body))
+        if method == Code.PUT:
             if number is None:
                 raise DeviceError("4.00", "query parameter number is required")
             update = _body(request, _UPDATE)
             self._log(number, "PUT", update.action)
-            return self._changed(CHANGED, self.device.update(number, update))
-        if method == DELETE:
+            return self._changed(Code.CHANGED, self.device.update(number, update))
+        if method == Code.DELETE:
             self._log(number, "DELETE", None)
             ended = self.device.clear_all() if number is None else self.device.delete(number)
-            return self._changed(DELETED, ended)
+            return self._changed(Code.DELETED, ended)
         raise DeviceError("4.05", "method not allowed on /v1/sessions")
 
     def _get_sessions(self, request: Request, number: int | None) -> Response:
         if number is not None:
             self._log(number, "GET", None)
-            return self._sessions_reply(CONTENT, self.device.sessions(number))
+            return self._sessions_reply(Code.CONTENT, self.device.sessions(number))
         etag = self.device.etag
         if etag in request.etags:
-            return Response(VALID, etag=etag)
-        answer = self._sessions_reply(CONTENT, self.device.sessions())
+            return Response(Code.VALID, etag=etag)
+        answer = self._sessions_reply(Code.CONTENT, self.device.sessions())
         answer.etag = etag
         return answer
 
     def _history(self, request: Request) -> Response:
-        if request.code == GET:
+        if request.code == Code.GET:
             history = list(self.device.history)
             return reply(
-                CONTENT, self.device.envelope(["session_history"], session_history=history)
+                Code.CONTENT, self.device.envelope(["session_history"], session_history=history)
             )
-        if request.code == DELETE:
+        if request.code == Code.DELETE:
             self.device.clear_history()
-            return Response(DELETED)
+            return Response(Code.DELETED)
         raise DeviceError("4.05", "method not allowed on /v1/sessions/history")
 
     def _statistics(self, request: Request) -> Response:
-        if request.code == GET:
+        if request.code == Code.GET:
             statistics = self.device.statistics()
-            code = CONTENT
-        elif request.code == DELETE:
+            code = Code.CONTENT
+        elif request.code == Code.DELETE:
             statistics = self.device.clear_statistics()
-            code = DELETED
+            code = Code.DELETED
         else:
             raise DeviceError("4.05", "method not allowed on /v1/sessions/statistics")
         return reply(code, self.device.envelope(["statistics"], statistics=statistics))
 
     def _page(self, request: Request) -> Response:
-        if request.code != POST:
+        if request.code != Code.POST:
             raise DeviceError("4.05", "method not allowed on /v1/page")
         body = _body(request, _PAGE)
         self._log(body.number, "POST", "alert")
         self.device.standalone_page(body)
-        return Response(CHANGED)
+        return Response(Code.CHANGED)
 
     def _settings(self, request: Request) -> Response:
-        if request.code == GET:
+        if request.code == Code.GET:
             settings = self.device.current_settings()
-            return reply(CONTENT, self.device.envelope(["settings"], settings=settings))
-        if request.code == POST:
+            return reply(Code.CONTENT, self.device.envelope(["settings"], settings=settings))
+        if request.code == Code.POST:
             settings = self.device.update_settings(_body(request, _SETTINGS))
             envelope = self.device.envelope(["settings"], settings=settings)
             payload = t7470.encode(envelope)
             self._broadcast(payload)
-            return Response(CHANGED, payload, t7470.CONTENT_FORMAT_JSON)
+            return Response(Code.CHANGED, payload, t7470.CONTENT_FORMAT_JSON)
         raise DeviceError("4.05", "method not allowed on /v1/settings")
 
 
-def reply(code: int, envelope: t7470.Envelope) -> Response:
+def reply(code: Code, envelope: t7470.Envelope) -> Response:
     return Response(code, t7470.encode(envelope), t7470.CONTENT_FORMAT_JSON)
 
 
@@ -169,7 +198,7 @@ def notify_action(request: Request, *, observable: bool) -> str | None:
     action = query(request).get("action")
     if not observable:
         raise DeviceError("4.04", "Observe is not available on this transmitter")
-    if request.code != GET:
+    if request.code != Code.GET:
         raise DeviceError("4.05", "method not allowed on /v1/notify")
     if action not in (None, "get_sessions"):
         raise DeviceError("4.00", f"unknown action {action!r} (expected get_sessions)")

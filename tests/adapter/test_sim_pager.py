@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from typing import Any
 
 import aiocoap
@@ -339,3 +341,16 @@ async def test_received_keeps_command_order_per_number(
         (30, "GET", None),
         (30, "DELETE", None),
     ]
+
+
+def test_the_simulator_leaves_every_coap_packet_to_aiocoap() -> None:
+    """No hand-written CoAP: the simulator (and the CLI that starts it) never loads the bridge's
+    own codec or client, only aiocoap."""
+    probe = (
+        "import sys, bridge.cli, bridge.sim.pager;"
+        "print(sorted(m for m in sys.modules if m.startswith('bridge.coap')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"
