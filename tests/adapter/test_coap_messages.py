@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import aiocoap
 import pytest
+import uvloop
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption
 
@@ -777,25 +779,70 @@ async def test_closing_while_the_device_talks_raises_nothing_in_the_loop(
 # -- ICMP ----------------------------------------------------------------------------------
 
 
-async def test_icmp_fails_the_exchange_and_the_socket_is_replaced(fast_retransmit: float) -> None:
-    transport, peer = await open_peer()
-    port = peer.port
-    tx = Transmitter(f"coap://127.0.0.1:{port}", timeout=2.0)
-    try:
-        task = spawn(tx)
-        _, first = await peer.receive()
-        transport.close()  # the device goes away mid-exchange; the retransmission meets ICMP
-        started = time.monotonic()
-        with pytest.raises(UpstreamUnavailable, match="unreachable"):
-            await task
-        assert time.monotonic() - started < 0.5
-        transport, peer = await open_peer(port)  # and comes back
-        task = spawn(tx)
-        request, second = await peer.receive()
-        assert second != first
-        peer.answer(request, second)
-        assert (await task).ok
-        assert tx.endpoints_used == 2
-    finally:
-        transport.close()
-        await tx.close()
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_aiocoap_udp6_stops_reading_after_icmp_on_uvloop() -> None:
+    """The library limit behind simple6: under uvloop, aiocoap's default udp6 transport reads
+    nothing more once an ICMP error came in, so a transmitter that is back stays unreachable."""
+
+    async def scenario(transports: list[str]) -> tuple[int, bytes | None]:
+        port = free_port()
+        context = await aiocoap.Context.create_client_context(transports=transports)
+        transport, peer = None, None
+        try:
+            with pytest.raises(aiocoap.error.NetworkError):  # ICMP port unreachable
+                await context.request(
+                    aiocoap.Message(code=Code.GET, uri=f"coap://127.0.0.1:{port}/x")
+                ).response
+            transport, peer = await open_peer(port)
+            pending = context.request(
+                aiocoap.Message(code=Code.GET, uri=f"coap://127.0.0.1:{port}/x")
+            )
+            request, addr = await peer.receive()
+            peer.answer(request, addr, b"back")
+            try:
+                async with asyncio.timeout(1):
+                    return 1, (await pending.response).payload
+            except TimeoutError:
+                return 1, None
+        finally:
+            if transport is not None:
+                transport.close()
+            await context.shutdown()
+
+    assert uvloop.run(scenario(["udp6"])) == (1, None)  # answered, never read
+    assert uvloop.run(scenario(["simple6"])) == (1, b"back")
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_icmp_fails_the_exchange_and_the_socket_is_replaced(
+    run: Callable[[Coroutine[Any, Any, None]], None], fast_retransmit: float
+) -> None:
+    async def scenario() -> None:
+        transport, peer = await open_peer()
+        port = peer.port
+        tx = Transmitter(f"coap://127.0.0.1:{port}", timeout=2.0)
+        try:
+            task = spawn(tx)
+            _, first = await peer.receive()
+            transport.close()  # the device goes away mid-exchange: the retransmission meets ICMP
+            started = time.monotonic()
+            with pytest.raises(UpstreamUnavailable, match="unreachable"):
+                await task
+            assert time.monotonic() - started < 0.5
+            transport, peer = await open_peer(port)  # and comes back
+            task = spawn(tx)
+            request, second = await peer.receive()
+            assert second != first
+            peer.answer(request, second)
+            assert (await task).ok
+            assert tx.endpoints_used == 2
+        finally:
+            transport.close()
+            await tx.close()
+
+    run(scenario())
