@@ -1,37 +1,32 @@
 """The CoAP client seam: how the bridge talks to a T7470 (RFC 7252, 7641 Observe, 7959 Block2).
 
-`Transmitter` talks to one T7470 at `coap://host:port`. aiocoap carries every packet (the only
-bridge module that imports it on the client side); above it nothing knows CoAP messages:
-replies are `CoapReply` (code, payload, ETag) and failures are `bridge.errors`:
+`Transmitter` talks to one T7470 at `coap://host:port`; aiocoap carries every packet. Above it
+nothing knows CoAP: replies are `CoapReply` (code, payload, ETag), failures `bridge.errors`:
 
 - no answer within `timeout` seconds                 -> UpstreamTimeout
 - the network says unreachable/refused (ICMP), etc.  -> UpstreamUnavailable
 - an RST, a broken block-wise transfer, nonsense     -> UpstreamError
 - 4.xx/5.xx answers are *not* exceptions: `CoapReply.ok` is False and the body is kept.
 
-Endpoints (one aiocoap client context = one connected UDP socket = one source port = one MID
-and token space), on aiocoap's `simple6` transport rather than its default `udp6`: measured
-here it costs about a third of udp6's CPU per request, and under uvloop udp6 stops reading
-after the first ICMP port unreachable while simple6 keeps going (tests/e2e/test_uvloop.py).
+One aiocoap client context = one connected UDP socket = one source port = one MID and token
+space, on aiocoap's `simple6` transport: measured here it costs about a third of the CPU per
+request of the default `udp6`, which under uvloop also stops reading after the first ICMP
+error (test_coap_messages.py::test_aiocoap_udp6_stops_reading_after_icmp_on_uvloop).
 
-- Requests go one at a time (a constrained device expects NSTART=1 from us anyway) over a
-  request context that is replaced after `rotate_after` exchanges (each block of a block-wise
-  answer counts: it takes a message ID). CoAP message IDs are 16-bit and must not be reused
-  within EXCHANGE_LIFETIME (247 s, RFC 7252 §4.8.2); aiocoap simply counts them up per
-  context, so a context sending faster than ~265 CON/s for four minutes reuses IDs the device
-  still remembers, and gets its cached answers to older requests. A fresh context is a fresh
-  socket with its own MID space, so rotation removes that ceiling. Because requests are
-  serialised, the old context has nothing in flight when it is rotated out.
+- Requests go one at a time (NSTART=1) over a request context replaced after `rotate_after`
+  message IDs (each block of a block-wise answer takes one). aiocoap counts MIDs up per
+  context, 16 bits, and they must not be reused within EXCHANGE_LIFETIME (247 s, RFC 7252
+  §4.8.2): past ~265 CON/s for four minutes the device would take new requests for
+  duplicates of old ones. A fresh context is a fresh MID space, so rotation removes that
+  ceiling; requests being serialised, the old context has nothing in flight.
 - After any failed exchange (timeout, ICMP, RST, cancellation) the request context is
-  discarded too: aiocoap keeps retransmitting an unanswered CON for up to 45 s and backlogs
-  every later CON to the same peer behind it (NSTART=1), and a late answer is of no use. The
-  next request simply starts on a fresh context, so a restarted transmitter is reached.
-  Discarded contexts are shut down in the background, never on the request path.
-- Each Observe registration gets its own context, shut down when the observation ends.
-  Rotation therefore never disturbs an observation, an observation never holds the request
-  lock, and a re-registration always starts from a clean socket. Every notification is kept,
-  in order (see `_Inbox`), and one larger than a block is completed on that context with
-  plain GETs of the following blocks, as aiocoap does it (RFC 7959 §2.6).
+  discarded: aiocoap would keep retransmitting the CON for up to 45 s and hold every later
+  CON back behind it, and a late answer is of no use. The next request starts on a fresh
+  context, so a restarted transmitter is reached. Contexts are shut down in the background.
+- Each Observe registration gets its own context, shut down when the observation ends, so
+  rotation never disturbs an observation and an observation never holds the request lock.
+  Every notification is kept, in order (`_Inbox`); one larger than a block is completed on
+  that context with GETs of the following blocks, as aiocoap does it (`_whole`).
 
 The device is addressed by the URI's host (resolved by aiocoap once per context); Uri-Host
 and Uri-Port are never sent (the device has no virtual hosts).
@@ -339,7 +334,8 @@ class Transmitter:
 
     def _reply(self, response: Any) -> CoapReply:
         """The bridge's view of a whole response; one with an unknown critical option is refused."""
-        for number in response.opt._options:  # noqa: SLF001 - the numbers alone, unsorted
+        for option in response.opt.option_list():
+            number = option.number
             if number & 1 and number not in _UNDERSTOOD:
                 raise UpstreamError(
                     f"{self.uri} answered with the unknown critical option {int(number)}",
