@@ -383,8 +383,11 @@ class MqttLink:
         return conn
 
     def _closed_before_connack(self, exc: LinkError, where: str) -> LinkError:
-        if self.v5 and "protocol" in str(exc).lower():
-            return LinkError("protocol", _protocol_hint(where))
+        first = self._client.unread_packet_start()
+        if (first is not None and first >> 4 != 2) or "protocol" in str(exc).lower():
+            # Its answer to CONNECT was not a CONNACK (packet type 2): an HTTP server, say.
+            seen = f" (its answer began with {bytes([first])!r})" if first is not None else ""
+            return LinkError("protocol", f"the broker address {where} does not speak MQTT{seen}")
         return LinkError(exc.reason, f"{where} closed the connection before CONNACK: {exc}")
 
     def _connected(

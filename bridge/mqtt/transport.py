@@ -60,6 +60,13 @@ class PreparedClient(paho.Client):
     def prepare(self, sock: socket.socket) -> None:
         self._prepared = sock
 
+    def unread_packet_start(self) -> int | None:
+        """The first byte of a packet paho began to read and never completed, if any: after a
+        connection closed before CONNACK it tells a broker from a server speaking something
+        else (an HTTP server answers 'H')."""
+        first = int(self._in_packet["command"])
+        return first or None
+
     def _create_socket_connection(self) -> socket.socket:
         sock, self._prepared = self._prepared, None
         if sock is None:

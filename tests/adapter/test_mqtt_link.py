@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bridge.broker import Mosquitto
+from bridge.broker import Mosquitto, free_port
 from bridge.config import MqttSettings
 from bridge.metrics import Metrics
 from bridge.mqtt import Inbound, MqttLink, PublishRefused
@@ -446,3 +446,34 @@ async def test_a_silent_broker_is_dropped_by_the_keepalive(broker: Mosquitto) ->
             took = time.monotonic() - started
     assert 1 <= took <= 3.5, took
     assert metrics.mqtt_connect_failures.labels("timeout")._value.get() == 1
+
+
+async def test_an_http_server_on_the_broker_port_is_named_as_such(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Node's HTTP server answers our CONNECT at once with "HTTP/1.1 400 Bad Request"."""
+    port = free_port()
+    script = (
+        "require('http').createServer((q, s) => s.end()).listen(+process.argv[1], '127.0.0.1',"
+        " () => console.log('listening'))"
+    )
+    node = await asyncio.create_subprocess_exec(
+        "node", "-e", script, str(port), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert node.stdout is not None
+        await node.stdout.readline()
+        metrics = Metrics()
+        env = {"mqtt_reconnect_min": "0.1", "mqtt_reconnect_max": "0.1"}
+        link = MqttLink(link_settings(port, **env), Topics(), metrics)
+        task = asyncio.create_task(link.run(echo(link)))
+        await until(lambda: metrics.mqtt_connect_failures.labels("protocol")._value.get() >= 3, 5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        node.kill()
+        await node.wait()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1, lines  # said once, however often it is retried
+    assert "does not speak MQTT (its answer began with b'H')" in lines[0]
