@@ -615,6 +615,22 @@ async def test_a_notification_without_observe_or_with_an_error_ends_it(
     assert [r.code async for r in stream] == ["4.04"]
 
 
+async def test_a_notification_with_an_unknown_critical_option_fails_the_observation(
+    tx: Transmitter, peer: Peer
+) -> None:
+    """aiocoap has ACKed it already; failing the observation makes the caller re-register and
+    re-read the full list rather than act on a notification it cannot understand."""
+    stream, request, addr = await registered(tx, peer)
+    message = aiocoap.Message(code=Code.CONTENT, payload=b"?", observe=6)
+    message.opt.add_option(OpaqueOption(UNKNOWN_CRITICAL, b"\x01"))
+    message.mtype, message.mid, message.token = CON, 0x7FFF, request.token
+    assert peer.transport is not None
+    peer.transport.sendto(message.encode(), addr)
+    await acked(peer, 0x7FFF)
+    with pytest.raises(UpstreamError, match="unknown critical option"):
+        await anext(stream)
+
+
 async def test_a_refused_registration_is_yielded_then_ends(tx: Transmitter, peer: Peer) -> None:
     stream = tx.observe("/v1/notify")
     first = asyncio.ensure_future(anext(stream))
