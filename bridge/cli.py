@@ -1,12 +1,17 @@
-"""`iotbridge` command line: run, check-config, schema, sim pager|sensaphone, demo."""
+"""`iotbridge`: an MQTT bridge for LRS T7470 guest pagers (CoAP) and Sensaphone.net schedules.
+
+Commands: run, check-config, schema, sim pager|sensaphone, demo. `iotbridge <command> --help`
+says what each does and which settings it reads.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -15,43 +20,96 @@ import yaml
 from bridge import __version__, config
 from bridge.errors import ConfigError
 
+CONFIG_HELP = """\
+Configuration comes from a YAML file (--config, or IOTBRIDGE_CONFIG) and IOTBRIDGE_*
+environment variables, the environment winning: every setting is
+IOTBRIDGE_<SECTION>_<FIELD>, e.g. IOTBRIDGE_PAGER_TIMEOUT=5. The ones most deployments set:
+  IOTBRIDGE_MQTT_URL          broker, mqtt://host:1883 (mqtts://, ws://, wss:// too)
+  IOTBRIDGE_MQTT_CLIENT_ID    fixed id of the persistent session (default iotbridge-<host>)
+  IOTBRIDGE_PAGER_URL         the T7470, coap://host:5683
+  IOTBRIDGE_SENSAPHONE_URL, IOTBRIDGE_SENSAPHONE_USER, IOTBRIDGE_SENSAPHONE_PASSWORD(_FILE)
+  IOTBRIDGE_TOPIC_PREFIX      prefix of every topic
+  IOTBRIDGE_HTTP_ADDR         /metrics, /livez, /readyz (default 127.0.0.1:9464)
+`iotbridge check-config` prints the effective settings; the README lists them all.
+"""
+
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    command: str = args.command
+    # The flags are the environment variables by another name (the environment is what
+    # config.load() reads), so both spellings behave the same everywhere.
+    if getattr(args, "config", None):
+        os.environ["IOTBRIDGE_CONFIG"] = args.config
+    if getattr(args, "log_level", None):
+        os.environ["IOTBRIDGE_LOG_LEVEL"] = args.log_level
+    commands: dict[str, Callable[[], int]] = {
+        "run": _run,
+        "check-config": _check_config,
+        "schema": lambda: _schema(Path(args.out), check=args.check),
+        "sim": lambda: _sim(args),
+        "demo": lambda: _demo(args),
+    }
     try:
-        if command == "run":
-            return _run()
-        if command == "check-config":
-            return _check_config()
-        if command == "schema":
-            return _schema(Path(args.out), check=args.check)
-        if command == "sim":
-            return _sim(args)
-        if command == "demo":
-            from bridge.demo import run_demo  # noqa: PLC0415 - only the demo needs it
-
-            return run_demo(mqtt_port=args.mqtt_port, http_port=args.http_port)
+        return commands[args.command]()
     except ConfigError as exc:
-        print(f"iotbridge: {exc.message}", file=sys.stderr)  # noqa: T201
+        for line in exc.message.splitlines():
+            print(f"iotbridge: {line}", file=sys.stderr)  # noqa: T201
         return 2
     except KeyboardInterrupt:
         return 130
-    return 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iotbridge", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="iotbridge", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"iotbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the bridge (configuration: IOTBRIDGE_CONFIG + IOTBRIDGE_*)")
-    sub.add_parser("check-config", help="validate and print the effective configuration")
-    schema = sub.add_parser("schema", help="write the JSON Schemas of every MQTT payload")
+    run = _command(
+        sub,
+        "run",
+        "run the bridge until SIGTERM or Ctrl-C",
+        "Connects to the broker, serves the commands of every configured site, republishes\n"
+        "state, and serves /metrics, /livez and /readyz. SIGTERM drains in-flight commands,\n"
+        "publishes offline and exits 0. A bad setting exits 2 with one line per mistake.",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="same as IOTBRIDGE_LOG_LEVEL",
+    )
+    _command(
+        sub,
+        "check-config",
+        "validate and print the effective configuration",
+        "Prints the settings the bridge would use (defaults filled in, secrets as ***), or\n"
+        "every mistake in them, one line each, with exit code 2.",
+    )
+    schema = sub.add_parser(
+        "schema",
+        help="write the JSON Schemas of every MQTT payload",
+        description="Writes schemas/*.json and schemas/asyncapi.yaml from the models (--check:\n"
+        "exit 1 if the committed files differ). Reads no configuration.",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     schema.add_argument("--out", default="schemas", help="directory (default: schemas)")
     schema.add_argument("--check", action="store_true", help="fail if the files differ")
-    sim = sub.add_parser("sim", help="run an upstream simulator")
+    sim = sub.add_parser(
+        "sim",
+        help="run an upstream simulator",
+        description="The simulators of both upstreams, for tests, the demo and trying the bridge\n"
+        "without the hardware. Read no configuration: options only.",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     kinds = sim.add_subparsers(dest="kind", required=True)
-    pager = kinds.add_parser("pager", help="LRS T7470 over CoAP/UDP")
+    pager = kinds.add_parser(
+        "pager",
+        help="LRS T7470 over CoAP/UDP",
+        description="An LRS T7470 transmitter over CoAP/UDP (aiocoap): sessions, history,\n"
+        "statistics, settings, Observe. Point the bridge at it with\n"
+        "IOTBRIDGE_PAGER_URL=coap://HOST:PORT.",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     pager.add_argument("--host", default="127.0.0.1")
     pager.add_argument("--port", type=int, default=5683)
     pager.add_argument("--max-number", type=int, default=999)
@@ -60,17 +118,50 @@ def _parser() -> argparse.ArgumentParser:
     pager.add_argument(
         "--count", type=int, default=1, help="this many transmitters, on consecutive ports"
     )
-    sens = kinds.add_parser("sensaphone", help="Sensaphone.net REST API over HTTP(S)")
+    sens = kinds.add_parser(
+        "sensaphone",
+        help="Sensaphone.net REST API over HTTP(S)",
+        description="The Sensaphone.net REST API (login and schedule time ranges) over HTTP, or\n"
+        "HTTPS with --cert/--key; the demo account is user 'demo', password\n"
+        "'demo-password'. Point the bridge at it with\n"
+        "IOTBRIDGE_SENSAPHONE_URL=http://HOST:PORT/api/v1.",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     sens.add_argument("--host", default="127.0.0.1")
     sens.add_argument("--port", type=int, default=8443)
     sens.add_argument("--session-lifetime", type=float, default=3600.0)
     sens.add_argument("--latency", type=float, default=0.0)
     sens.add_argument("--cert", help="TLS certificate (PEM); serves HTTPS when given")
     sens.add_argument("--key", help="TLS private key (PEM)")
-    demo = sub.add_parser("demo", help="broker, both simulators and the bridge in one command")
+    demo = sub.add_parser(
+        "demo",
+        help="broker, both simulators and the bridge in one command",
+        description="Starts Mosquitto, the T7470 and Sensaphone simulators and the bridge, each\n"
+        "its own process, prints how to drive them, and stops them all on Ctrl-C, SIGTERM\n"
+        "or SIGHUP. Ignores IOTBRIDGE_CONFIG: the demo configures its own bridge.",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     demo.add_argument("--mqtt-port", type=int, default=1883, help="0 or taken: pick a free one")
     demo.add_argument("--http-port", type=int, default=9464)
     return parser
+
+
+def _command(sub: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand that reads the configuration: --config, and the settings it honours."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=f"{description}\n\n{CONFIG_HELP}",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML file; same as IOTBRIDGE_CONFIG")
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo  # noqa: PLC0415 - only the demo needs it
+
+    return run_demo(mqtt_port=args.mqtt_port, http_port=args.http_port)
 
 
 def _run() -> int:

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 import yaml
 
+from bridge.config_check import redact_url, semantic, structural
 from bridge.errors import ConfigError
 
 REDACTED = "***"
@@ -181,7 +182,7 @@ _MAPPING_FIELDS = {("sensaphone", "schedules")}
 def load(environ: dict[str, str] | None = None) -> Settings:
     """Read the YAML file named by IOTBRIDGE_CONFIG (if any), overlay the environment, validate.
 
-    Raises ConfigError with one line naming the field and what is wrong.
+    Raises ConfigError listing every mistake, one line each, naming the field and what is wrong.
     """
     env = dict(os.environ if environ is None else environ)
     raw: dict[str, Any] = {}
@@ -189,12 +190,12 @@ def load(environ: dict[str, str] | None = None) -> Settings:
     if path:
         raw = _read_yaml(Path(path))
     _overlay_env(raw, env)
-    _read_secret_files(raw)
-    try:
+    problems = _read_secret_files(raw) + structural(raw, Settings)
+    if not problems:
         settings = msgspec.convert(raw, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"configuration: {_describe(exc)}") from None
-    _check(settings)
+        problems = semantic(settings)
+    if problems:
+        raise ConfigError("\n".join(f"configuration: {problem}" for problem in problems))
     return settings
 
 
@@ -246,9 +247,19 @@ def _env_value(place: tuple[str, ...], value: str) -> Any:
     return value
 
 
-def _read_secret_files(raw: dict[str, Any]) -> None:
-    for section in ("mqtt", "sensaphone"):
-        part = raw.get(section)
+def _read_secret_files(raw: dict[str, Any]) -> list[str]:
+    """Fill `password` from `password_file` where only the file is given, top level and per
+    site; a file that cannot be read is a problem of its own."""
+    parts: list[tuple[str, Any]] = [(name, raw.get(name)) for name in ("mqtt", "sensaphone")]
+    sites = raw.get("sites")
+    if isinstance(sites, list):
+        parts += [
+            (f"sites[{i}].sensaphone", site.get("sensaphone"))
+            for i, site in enumerate(sites)
+            if isinstance(site, dict)
+        ]
+    problems = []
+    for where, part in parts:
         if not isinstance(part, dict):
             continue
         secret_file = part.get("password_file")
@@ -256,50 +267,8 @@ def _read_secret_files(raw: dict[str, Any]) -> None:
             try:
                 part["password"] = Path(secret_file).read_text(encoding="utf-8").strip()
             except OSError as exc:
-                msg = f"configuration: {section}.password_file: cannot read it ({exc.strerror})"
-                raise ConfigError(msg) from None
-
-
-def _describe(exc: msgspec.ValidationError) -> str:
-    # msgspec says e.g. "Expected `int`, got `str` - at `$.pager.max_number`".
-    text = str(exc)
-    what, sep, where = text.rpartition(" - at `")
-    if not sep:
-        return text
-    field = where.rstrip("`").removeprefix("$").removeprefix(".") or "(top level)"
-    return f"{field}: {what}"
-
-
-def _check(settings: Settings) -> None:
-    for url, field, schemes in (
-        (settings.mqtt.url, "mqtt.url", ("mqtt", "mqtts", "ws", "wss")),
-        (settings.pager.url, "pager.url", ("coap",)),
-        (settings.sensaphone.url, "sensaphone.url", ("http", "https")),
-    ):
-        parts = urlsplit(url)
-        if parts.scheme not in schemes or not parts.hostname:
-            want = " or ".join(f"{s}://host" for s in schemes)
-            raise ConfigError(f"configuration: {field}: expected {want}, got {_redact_url(url)!r}")
-        try:
-            _ = parts.port
-        except ValueError:
-            raise ConfigError(f"configuration: {field}: bad port in {_redact_url(url)!r}") from None
-    _, sep, port = settings.http.addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(
-            f"configuration: http.addr: expected host:port, got {settings.http.addr!r}"
-        )
-    if settings.mqtt.reconnect_min > settings.mqtt.reconnect_max:
-        raise ConfigError("configuration: mqtt.reconnect_min: must not exceed mqtt.reconnect_max")
-    if any(c in settings.topic_prefix for c in "#+\0") or settings.topic_prefix.startswith("$"):
-        raise ConfigError("configuration: topic_prefix: must not contain + # NUL or start with $")
-    top = settings.pager.max_number
-    bad = [n for n in settings.pager.numbers if not 1 <= n <= top]
-    if bad:
-        raise ConfigError(f"configuration: pager.numbers: {bad} not between 1 and {top}")
-    for key in settings.sensaphone.schedules:
-        if not key.isdigit():
-            raise ConfigError(f"configuration: sensaphone.schedules.{key}: ids are numbers")
+                problems.append(f"{where}.password_file: cannot read it ({exc.strerror})")
+    return problems
 
 
 def per_site(settings: Settings) -> list[tuple[str, Settings]]:
@@ -376,30 +345,39 @@ def client_id_or_default(mqtt: MqttSettings) -> str:
     return mqtt.client_id or f"iotbridge-{socket.gethostname()}"
 
 
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", f":{REDACTED}@", 1)
-    return parts._replace(netloc=netloc).geturl()
-
-
 def redacted(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data, with every secret replaced by ***."""
+    """The effective configuration as plain data, with every secret replaced by ***.
+
+    Effective: the values the bridge will use, so a derived default (the client id from the
+    host name) is shown as derived, not as the empty string that asks for it.
+    """
     data: dict[str, Any] = msgspec.to_builtins(settings)
-    for section in data.values():
-        if not isinstance(section, dict):
-            continue
-        for key in list(section):
-            if key in _SECRET_FIELDS and section[key]:
-                section[key] = REDACTED
-            if key == "url" and isinstance(section[key], str):
-                section[key] = _redact_url(section[key])
+    client_id = client_id_or_default(settings.mqtt)
+    data["mqtt"]["client_id"] = client_id
+    data["discovery"]["node"] = settings.discovery.node or client_id
+    _redact(data)
     return data
 
 
+def _redact(value: Any) -> None:
+    """Every `password` and every URL's password, at any depth (sites included)."""
+    if isinstance(value, list):
+        for item in value:
+            _redact(item)
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        if key in _SECRET_FIELDS and item:
+            value[key] = REDACTED
+        elif key == "url" and isinstance(item, str):
+            value[key] = redact_url(item)
+        else:
+            _redact(item)
+
+
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret value in the settings, for log scrubbing and tests."""
+    """Every secret value in the settings (every site's too), for log scrubbing and tests."""
     values = [settings.mqtt.password, settings.sensaphone.password]
     values.append(broker_address(settings.mqtt).password)
+    values += [site.sensaphone.password for site in settings.sites if site.sensaphone]
     return [v for v in values if v]

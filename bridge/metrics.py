@@ -8,9 +8,20 @@ from __future__ import annotations
 
 from typing import Any, Final, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 M = TypeVar("M", Counter, Gauge, Histogram)
+
+# Each counter and histogram would otherwise export a `_created` timestamp series as well: noise
+# on every dashboard (62 series in a single-site bridge), and Prometheus does not need them.
+disable_created_metrics()
 
 # 1 ms to 60 s: CoAP's retransmissions can run ~45 s before a request is given up.
 LATENCY_BUCKETS: Final = (

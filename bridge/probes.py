@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,15 @@ class ProbeServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        """Listen; ConfigError (exit code 2) if the address cannot be had, e.g. in use."""
+        try:
+            self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        except OSError as exc:
+            where = f"{self._host}:{self._port}"
+            raise ConfigError(
+                f"configuration: http.addr: cannot listen on {where}: {exc.strerror or exc}"
+                " (IOTBRIDGE_HTTP_ADDR)"
+            ) from None
         log.info("metrics and probes on http://%s:%d", self._host, self.port)
 
     async def close(self) -> None:

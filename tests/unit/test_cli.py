@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from bridge import schema
 
@@ -54,3 +57,85 @@ def test_committed_schemas_match_the_models() -> None:
     assert drifted == [], f"run `iotbridge schema` to regenerate: {drifted}"
     done = iotbridge("schema", "--check")
     assert done.returncode == 0, done.stderr
+
+
+def test_a_busy_metrics_port_is_one_line_naming_the_setting() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = iotbridge(
+            "run", IOTBRIDGE_HTTP_ADDR=f"127.0.0.1:{port}", IOTBRIDGE_MQTT_URL="mqtt://127.0.0.1:1"
+        )
+    assert done.returncode == 2, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "iotbridge:" in line]
+    assert line.startswith(
+        f"iotbridge: configuration: http.addr: cannot listen on 127.0.0.1:{port}"
+    )
+    assert "IOTBRIDGE_HTTP_ADDR" in line
+    assert "Traceback" not in done.stderr
+
+
+def test_check_config_lists_every_mistake_sites_included(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "pager: {timeout: soon, max_nubmer: 5}\n"
+        "mqtt: {url: 'ftp://x'}\n"
+        "sites:\n"
+        "  - {name: north, pager: {url: 'http://10.0.0.1'}}\n"
+        "  - {name: north, sensaphone: {password_file: /nonexistent/pw}}\n"
+        "  - {pager: {timeout: -1}}\n",
+        encoding="utf-8",
+    )
+    done = iotbridge("check-config", "--config", str(path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert all(line.startswith("iotbridge: configuration: ") for line in lines), lines
+    text = "\n".join(lines)
+    for expected in (
+        "pager.timeout: Expected `float`, got `str`",
+        "pager.max_nubmer: unknown field",
+        "sites[1].sensaphone.password_file: cannot read it",
+        "sites[2].pager.timeout: Expected `float` > 0.0",
+        "sites[2].name: required",
+    ):
+        assert expected in text, text
+    # The types were wrong, so the semantic checks (URLs) wait for the next round.
+    fixed = path.read_text(encoding="utf-8").replace("timeout: soon, max_nubmer: 5", "timeout: 3")
+    fixed = fixed.replace("  - {name: north, sensaphone: {password_file: /nonexistent/pw}}\n", "")
+    path.write_text(fixed.replace("{pager: {timeout: -1}}", "{name: south}"), encoding="utf-8")
+    again = iotbridge("check-config", "--config", str(path))
+    assert again.returncode == 2
+    assert "mqtt.url: expected mqtt://host" in again.stderr
+    assert "sites[0].pager.url: expected coap://host, got 'http://10.0.0.1'" in again.stderr
+
+
+def test_check_config_shows_effective_defaults_and_hides_site_passwords(tmp_path: Path) -> None:
+    path = tmp_path / "sites.yaml"
+    path.write_text(
+        "sites:\n  - {name: north, sensaphone: {user: n, password: north-secret}}\n",
+        encoding="utf-8",
+    )
+    done = iotbridge("check-config", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    shown = yaml.safe_load(done.stdout)
+    assert shown["mqtt"]["client_id"] == f"iotbridge-{socket.gethostname()}"
+    assert shown["sites"][0]["sensaphone"]["password"] == "***"
+    assert "north-secret" not in done.stdout
+
+
+def test_every_command_explains_itself() -> None:
+    run = iotbridge("run", "--help")
+    assert run.returncode == 0
+    for word in ("--config", "--log-level", "IOTBRIDGE_CONFIG", "IOTBRIDGE_MQTT_URL", "SIGTERM"):
+        assert word in run.stdout, word
+    for command in (
+        ["check-config"],
+        ["demo"],
+        ["schema"],
+        ["sim", "pager"],
+        ["sim", "sensaphone"],
+    ):
+        shown = iotbridge(*command, "--help")
+        assert shown.returncode == 0
+        assert shown.stdout.count("\n") > 4, command

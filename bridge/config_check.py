@@ -1,0 +1,152 @@
+"""Every mistake in a configuration, not only the first: what `iotbridge check-config` reports.
+
+msgspec stops at the first field it cannot convert. A user fixing a file wants the whole list,
+so the raw YAML-plus-environment mapping is walked against the settings Structs field by field
+(`structural`), and the converted settings are then checked for what types cannot say: URL
+schemes, ports, addresses, ranges that depend on other fields (`semantic`), for the top level
+and for every `sites[]` entry alike.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
+from urllib.parse import urlsplit
+
+import msgspec
+
+if TYPE_CHECKING:
+    from bridge.config import PagerSettings, SensaphoneSettings, Settings
+
+
+def structural(raw: Any, target: Any, path: str = "") -> list[str]:
+    """Problems converting `raw` to `target`, each as "field.path: what is wrong"."""
+    target = _unoptional(target) if raw is not None else target
+    origin = get_origin(target)
+    if isinstance(target, type) and issubclass(target, msgspec.Struct) and isinstance(raw, dict):
+        return _struct_problems(raw, target, path)
+    if origin is list and isinstance(raw, list) and _is_struct(get_args(target)[0]):
+        (item,) = get_args(target)
+        return [p for i, value in enumerate(raw) for p in structural(value, item, f"{path}[{i}]")]
+    if origin is dict and isinstance(raw, dict) and _is_struct(get_args(target)[1]):
+        value_type = get_args(target)[1]
+        return [p for k, v in raw.items() for p in structural(v, value_type, f"{path}.{k}")]
+    try:
+        msgspec.convert(raw, target, strict=False)
+    except msgspec.ValidationError as exc:
+        return [describe(exc, path)]
+    return []
+
+
+def _struct_problems(raw: dict[str, Any], target: type[msgspec.Struct], path: str) -> list[str]:
+    fields = {f.encode_name: f for f in msgspec.structs.fields(target)}
+    problems = []
+    for key, value in raw.items():
+        where = f"{path}.{key}" if path else str(key)
+        field = fields.get(key)
+        if field is None:
+            problems.append(f"{where}: unknown field")
+        else:
+            problems += structural(value, field.type, where)
+    for name, field in fields.items():
+        if field.required and name not in raw:
+            problems.append(f"{path}.{name}: required" if path else f"{name}: required")
+    return problems
+
+
+def _unoptional(target: Any) -> Any:
+    """`X | None` -> X (a None value is checked against the whole union instead)."""
+    if get_origin(target) in (Union, types.UnionType):
+        args = [a for a in get_args(target) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return target
+
+
+def _is_struct(target: Any) -> bool:
+    if get_origin(target) is Annotated:
+        target = get_args(target)[0]
+    return isinstance(target, type) and issubclass(target, msgspec.Struct)
+
+
+def describe(exc: msgspec.ValidationError, path: str = "") -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.pager.max_number`" as
+    "pager.max_number: Expected `int`, got `str`"."""
+    text = str(exc)
+    what, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return f"{path}: {text}" if path else text
+    inner = where.rstrip("`").removeprefix("$")
+    field = f"{path}{inner}".removeprefix(".") or "(top level)"
+    return f"{field}: {what}"
+
+
+def semantic(settings: Settings) -> list[str]:
+    """What the types cannot say, for the top level and each site."""
+    problems = _url(settings.mqtt.url, "mqtt.url", ("mqtt", "mqtts", "ws", "wss"))
+    problems += _pager(settings.pager, "pager")
+    problems += _sensaphone(settings.sensaphone, "sensaphone")
+    problems += _prefix(settings.topic_prefix, "topic_prefix")
+    _, sep, port = settings.http.addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        problems.append(f"http.addr: expected host:port, got {settings.http.addr!r}")
+    if settings.mqtt.reconnect_min > settings.mqtt.reconnect_max:
+        problems.append("mqtt.reconnect_min: must not exceed mqtt.reconnect_max")
+    names: set[str] = set()
+    for i, site in enumerate(settings.sites):
+        where = f"sites[{i}]"
+        if site.name in names:
+            problems.append(f"{where}.name: {site.name!r} is used by another site")
+        names.add(site.name)
+        problems += _pager(site.pager, f"{where}.pager")
+        if site.sensaphone is not None:
+            problems += _sensaphone(site.sensaphone, f"{where}.sensaphone")
+        if site.topic_prefix is not None:
+            problems += _prefix(site.topic_prefix, f"{where}.topic_prefix")
+    return problems
+
+
+def _pager(pager: PagerSettings, where: str) -> list[str]:
+    problems = _url(pager.url, f"{where}.url", ("coap",))
+    top = pager.max_number
+    bad = [n for n in pager.numbers if not 1 <= n <= top]
+    if bad:
+        problems.append(f"{where}.numbers: {bad} not between 1 and {top}")
+    return problems
+
+
+def _sensaphone(sensaphone: SensaphoneSettings, where: str) -> list[str]:
+    problems = _url(sensaphone.url, f"{where}.url", ("http", "https"))
+    problems += [
+        f"{where}.schedules.{key}: ids are numbers"
+        for key in sensaphone.schedules
+        if not key.isdigit()
+    ]
+    return problems
+
+
+def _prefix(prefix: str, where: str) -> list[str]:
+    if any(c in prefix for c in "#+\0") or prefix.startswith("$"):
+        return [f"{where}: must not contain + # NUL or start with $"]
+    return []
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _url(url: str, field: str, schemes: tuple[str, ...]) -> list[str]:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        want = " or ".join(f"{s}://host" for s in schemes)
+        return [f"{field}: expected {want}, got {redact_url(url)!r}"]
+    try:
+        _ = parts.port
+    except ValueError:
+        return [f"{field}: bad port in {redact_url(url)!r}"]
+    return []
