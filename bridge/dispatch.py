@@ -24,7 +24,7 @@ from bridge import models, outbox
 from bridge.answers import Answers
 from bridge.config import LimitSettings
 from bridge.errors import BridgeError, Expired
-from bridge.logs import correlation_id
+from bridge.logs import Budget, correlation_id
 from bridge.metrics import Metrics
 from bridge.mqtt import Inbound, LinkDown, PublishRefused
 from bridge.routing import Request, Router, transaction_of
@@ -52,6 +52,10 @@ class Link(Protocol):
 
 # Failures where the command was not carried out for want of an answer: parked for an operator.
 DEADLETTER_CODES = frozenset({"upstream_timeout", "upstream_unavailable", "auth_failed"})
+# Failures that say the input was refused (logged at INFO); the others at WARNING.
+INPUT_CODES = frozenset({"invalid_topic", "invalid_payload", "unknown_action", "expired"})
+# Failed-command log lines per minute, per site.
+LOG_BUDGET = 60
 _ROUTES = {PagerTopic: "pager", BaseTopic: "pager_base", ScheduleTopic: "schedule"}
 
 
@@ -67,6 +71,7 @@ class Dispatcher:
         self._metrics = metrics
         self._limits = limits
         self._answers = Answers(limits.dedup_window, limits.dedup_size)
+        self._log_budget = Budget(LOG_BUDGET, 60.0)
         self._slots = asyncio.Semaphore(limits.max_in_flight)
         self._lanes: dict[tuple[str, int], deque[tuple[Inbound, Request]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -144,8 +149,10 @@ class Dispatcher:
                 result = _error_result(BridgeError(f"internal error: {exc}"), command.transaction)
         payload = models.ENCODER.encode(result)
         self._answers.put(key, payload)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s on %s: %s", route, action, inbound.topic, _outcome(result))
+        if result.error is not None:
+            self._note_failure(inbound, result)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s on %s: ok", route, action, inbound.topic)
         await self._finish(inbound, payload, route, action, _outcome(result), deferred)
 
     async def _deadletter(
@@ -165,6 +172,26 @@ class Dispatcher:
         detail = result.error.detail if isinstance(result.error.detail, dict) else {}
         error = msgspec.structs.replace(result.error, detail={**detail, "deadletter": topic})
         return msgspec.structs.replace(result, error=error)
+
+    def _note_failure(self, inbound: Inbound, result: models.Result) -> None:
+        """One log line per failed command (the correlation id comes with the record): WARNING
+        when an upstream failed us, INFO when the input was refused. Rate-limited, so a flood
+        of bad input costs a line per so many, not a line each."""
+        assert result.error is not None
+        code = result.error.code
+        level = logging.INFO if code in INPUT_CODES else logging.WARNING
+        if not log.isEnabledFor(level):
+            return
+        suppressed = self._log_budget.take()
+        if suppressed is None:
+            return
+        if suppressed:
+            log.warning(
+                "%d more failed commands were not logged (at most %d a minute)",
+                suppressed,
+                LOG_BUDGET,
+            )
+        log.log(level, "command on %s failed: %s: %s", inbound.topic, code, result.error.message)
 
     async def _park(self, letter: models.DeadLetter, route: str, label: str) -> bool:
         """Publish `letter` on the dead-letter topic; False (logged) if that failed too."""
@@ -198,7 +225,10 @@ class Dispatcher:
             transaction = None
         result = _error_result(exc, transaction)
         payload = models.ENCODER.encode(result)
-        await self._finish(inbound, payload, "invalid", "none", exc.code)
+        correlation_id.set(_correlation(transaction, inbound))
+        route, action = self._router.attempted(inbound.topic, inbound.payload)
+        self._note_failure(inbound, result)
+        await self._finish(inbound, payload, route, action, exc.code)
 
     async def _finish(
         self,

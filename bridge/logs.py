@@ -19,7 +19,9 @@ _ENCODER = msgspec.json.Encoder()
 correlation_id: ContextVar[str] = ContextVar("correlation_id", default="-")
 
 
-class _Correlation(logging.Filter):
+class CorrelationFilter(logging.Filter):
+    """Puts the current command's correlation id on every record (`correlation_id`)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.correlation_id = correlation_id.get()
         return True
@@ -59,10 +61,35 @@ class _JsonFormatter(logging.Formatter):
         return _ENCODER.encode(entry).decode()
 
 
+class Budget:
+    """At most `count` log lines per `period` seconds (a fixed window, cheap to check).
+
+    `take()` returns None when the line must be dropped, else how many were dropped since the
+    last one that went out, so the caller can say so once.
+    """
+
+    __slots__ = ("_count", "_dropped", "_left", "_period", "_until")
+
+    def __init__(self, count: int, period: float) -> None:
+        self._count, self._period = count, period
+        self._left, self._until, self._dropped = count, 0.0, 0
+
+    def take(self) -> int | None:
+        now = time.monotonic()
+        if now >= self._until:
+            self._left, self._until = self._count, now + self._period
+        if self._left <= 0:
+            self._dropped += 1
+            return None
+        self._left -= 1
+        dropped, self._dropped = self._dropped, 0
+        return dropped
+
+
 def configure(level: str, fmt: str, secrets: list[str]) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Scrubber(secrets))
-    handler.addFilter(_Correlation())
+    handler.addFilter(CorrelationFilter())
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
@@ -74,3 +101,6 @@ def configure(level: str, fmt: str, secrets: list[str]) -> None:
     # Library chatter at info level would sit on the hot path; keep it to warnings.
     for noisy in ("httpx", "httpcore", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # paho's debug lines are one per packet: kept out even of a debug log unless asked for
+    # by name (logging.getLogger("bridge.mqtt.paho").setLevel(logging.DEBUG)).
+    logging.getLogger("bridge.mqtt.paho").setLevel(max(logging.INFO, root.level))

@@ -21,7 +21,7 @@ M = TypeVar("M", Counter, Gauge, Histogram)
 
 # Each counter and histogram would otherwise export a `_created` timestamp series as well: noise
 # on every dashboard (62 series in a single-site bridge), and Prometheus does not need them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
 # 1 ms to 60 s: CoAP's retransmissions can run ~45 s before a request is given up.
 LATENCY_BUCKETS: Final = (

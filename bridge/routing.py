@@ -24,6 +24,12 @@ _SCHEDULE = msgspec.json.Decoder(models.TimerangeCommand)
 _LENIENT = msgspec.json.Decoder()
 _BARE_WORD = re.compile(rb"[a-z_]{1,32}")
 T = TypeVar("T")
+# Metric route label and the actions it accepts, per kind of command topic.
+_ROUTES: dict[type, tuple[str, tuple[str, ...]]] = {
+    PagerTopic: ("pager", models.PAGER_ACTIONS),
+    BaseTopic: ("pager_base", models.BASE_ACTIONS),
+    ScheduleTopic: ("schedule", models.SCHEDULE_ACTIONS),
+}
 
 
 class Request(msgspec.Struct, frozen=True):
@@ -48,6 +54,8 @@ class Router:
     def route(self, topic: str, payload: bytes) -> Request:
         """Raise InvalidTopic, InvalidPayload or UnknownAction; never anything else."""
         target = self.topics.parse(topic)
+        if not payload.strip():
+            raise InvalidPayload("empty payload: send a JSON object or a bare action word")
         if len(payload) > self._limits.max_payload:
             raise InvalidPayload(
                 f"payload is {len(payload)} bytes; the limit is {self._limits.max_payload}"
@@ -70,6 +78,18 @@ class Router:
                 elif isinstance(interval, Interval):
                     encode_interval(interval)
                 return Request(target, command, ("schedule", schedule_id))
+
+    def attempted(self, topic: str, payload: bytes) -> tuple[str, str]:
+        """Best-effort metric labels (route, action) of a command that did not validate: what
+        it tried, where that can be read, else "invalid" / "none". From fixed sets only."""
+        try:
+            target = self.topics.parse(topic)
+        except BridgeError:
+            return "invalid", "none"
+        route, actions = _ROUTES[type(target)]
+        word = _bare_word(payload[: self._limits.max_payload])
+        action = _peek(word, "action")
+        return route, action if action in actions else "none"
 
     def _check_pager(self, command: models.Command) -> None:
         mode = getattr(command, "pageMode", None)
@@ -105,12 +125,16 @@ def _decode(decoder: msgspec.json.Decoder[T], payload: bytes, actions: tuple[str
         raise _explain(exc, payload, actions) from None
     except UnicodeDecodeError as exc:
         # msgspec raises this, not DecodeError, for invalid UTF-8 inside a JSON string.
-        raise InvalidPayload(f"payload is not valid UTF-8 at byte {exc.start}") from None
+        raise InvalidPayload(f"payload is not UTF-8 (byte {exc.start})") from None
 
 
 def _explain(exc: msgspec.DecodeError, payload: bytes, actions: tuple[str, ...]) -> BridgeError:
     text = str(exc)
     if not isinstance(exc, msgspec.ValidationError):
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return InvalidPayload(f"payload is not UTF-8 (byte {bad.start})")
         return InvalidPayload(f"payload is not valid JSON: {text}")
     if "`$.action`" in text or text.startswith("Object missing required field `action`"):
         action = _peek(payload, "action")

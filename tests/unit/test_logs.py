@@ -43,3 +43,13 @@ def test_text_format_is_readable(
     logging.getLogger("bridge.test").info("hello %d", 5)
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.endswith("INFO    bridge.test [-] hello 5")
+
+
+def test_budget_drops_past_its_count_and_says_how_many(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+    budget = logs.Budget(3, 60.0)
+    assert [budget.take() for _ in range(5)] == [0, 0, 0, None, None]
+    now[0] += 61
+    assert budget.take() == 2  # the first line of the new minute says two were dropped
+    assert budget.take() == 0

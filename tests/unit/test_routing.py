@@ -74,6 +74,14 @@ def test_schedule_commands(router: Router) -> None:
     ("topic", "payload", "code", "message"),
     [
         ("pager/66/action", b"{not json", "invalid_payload", "not valid JSON"),
+        (
+            "pager/66/action",
+            b"",
+            "invalid_payload",
+            "empty payload: send a JSON object or a bare action word",
+        ),
+        ("pager/66/action", b"  \n", "invalid_payload", "empty payload"),
+        ("pager/66/action", b"\xff\xfe{}", "invalid_payload", "payload is not UTF-8 (byte 0)"),
         # Invalid UTF-8 inside a JSON string: msgspec raises UnicodeDecodeError, not DecodeError.
         ("pager/66/action", b'{"action":"start","label":"\xff"}', "invalid_payload", "UTF-8"),
         ("pager/66/action", b'{"action":"\xb1\xc2"}', "invalid_payload", "UTF-8"),
@@ -138,3 +146,25 @@ def test_transaction_is_recovered_from_invalid_payloads() -> None:
     assert transaction_of(b'{"transaction":true}') is None
     assert transaction_of(b'{"transaction":"\xff"}') is None  # invalid UTF-8: no crash
     assert transaction_of(b'"\xb1"') is None
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "labels"),
+    [
+        ("pager/66/action", b'{"action":"start","label":"far too long"}', ("pager", "start")),
+        ("pager/66/action", b"page", ("pager", "page")),
+        ("pager/66/action", b'{"action":"fly"}', ("pager", "none")),
+        ("pager/66/action", b"{not json", ("pager", "none")),
+        (
+            "pager/base/action",
+            b'{"action":"set_settings","settings":1}',
+            ("pager_base", "set_settings"),
+        ),
+        ("schedule/9/timerange", b'{"action":"create","interval":-1}', ("schedule", "create")),
+        ("pager/0/action", b"page", ("invalid", "none")),
+    ],
+)
+def test_a_refused_command_is_labelled_by_what_it_attempted(
+    router: Router, topic: str, payload: bytes, labels: tuple[str, str]
+) -> None:
+    assert router.attempted(topic, payload) == labels
