@@ -8,6 +8,7 @@ with every interval also decoded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -41,6 +42,28 @@ class ScheduleService:
         self._configured = {
             int(key): Parent.from_settings(value) for key, value in settings.schedules.items()
         }
+        # One change or read of a schedule at a time, commands and start-up reads alike, so a
+        # slow read can never publish ranges older than a change that finished after it.
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def _lock(self, schedule_id: int) -> asyncio.Lock:
+        lock = self._locks.get(schedule_id)
+        if lock is None:
+            lock = self._locks[schedule_id] = asyncio.Lock()
+        return lock
+
+    async def refresh(self) -> None:
+        """Read every configured schedule and publish its retained ranges (at start-up and after
+        every reconnect), so subscribers such as Home Assistant have values from the first
+        minute, not from the first `read` someone sends. Failures are logged, not raised."""
+        if not self._account:
+            return
+        for schedule_id, parent in self._configured.items():
+            try:
+                async with self._lock(schedule_id):
+                    await self._announce(schedule_id, await self._client.read(schedule_id, parent))
+            except BridgeError as exc:
+                log.warning("schedule %d could not be read at start-up: %s", schedule_id, exc)
 
     async def execute(self, schedule_id: int, command: models.Command) -> Any:
         """Carry out one timerange command; return the result's `data`."""
@@ -49,6 +72,12 @@ class ScheduleService:
         if not self._account:
             raise InvalidTopic("no Sensaphone account is configured here (sensaphone.user)")
         parent = self.parent_of(schedule_id, command)
+        async with self._lock(schedule_id):
+            return await self._carry_out(schedule_id, parent, command)
+
+    async def _carry_out(
+        self, schedule_id: int, parent: Parent, command: models.ScheduleCommand
+    ) -> Any:
         match command:
             case models.ReadRanges():
                 ranges = await self._client.read(schedule_id, parent)

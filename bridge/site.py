@@ -83,6 +83,7 @@ class Site:
             await self.publish_all(self.pager.tracker.retained())
         except BridgeError as exc:
             log.warning("retained state not republished after reconnect: %s", exc.message)
+        await self.schedules.refresh()
 
     def publish_all(self, out: list[Outbound]) -> Awaitable[object]:
         """Start publishing `out`, in order, now; await the result for every PUBACK."""

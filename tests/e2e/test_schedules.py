@@ -194,7 +194,23 @@ async def test_bad_input(
             assert result["error"]["code"] == code, result
             assert message in result["error"]["message"], result
         assert (await peer.request("schedule/28487/timerange", "read"))["status"] == "ok"
-    # Bad input never reached the upstream: one login and the one good read.
+    # Bad input never reached the upstream: one login, the start-up read and the one good read.
     calls = {mode: n for (mode, _), n in sensaphone.requests.items()}
-    assert sum(calls.values()) == 2
+    assert sum(calls.values()) == 3
     assert calls["login"] == 1
+
+
+async def test_configured_schedules_are_published_from_the_start(
+    schedule_bridge: Callable[..., AbstractAsyncContextManager[Bridge]],
+    peer: Peer,
+) -> None:
+    """Home Assistant's schedule sensors have a value from the first minute: every configured
+    schedule is read at start-up and its ranges published, retained, before anyone asks."""
+    async with schedule_bridge():
+        await peer.wait_for(lambda m: m[0] == "schedule/28487/timeranges")
+        async with Peer(peer.port) as late:  # a subscriber that comes later gets it retained
+            retained = await late.wait_for(lambda m: m[0] == "schedule/28487/timeranges")
+    assert retained[2]
+    ranges = json.loads(retained[1])["timeranges"]
+    assert [r["range_id"] for r in ranges] == [58381, 51587]
+    assert not [m for m in peer.messages if m[0].endswith("/result")]  # nobody sent a command
