@@ -2,8 +2,13 @@
 
 `--mode mqtt`: QoS 1 commands on `pager/<n>/action`, at most `--inflight` at once and never two
 for the same pager (so each pager's start/page/update/clear cycle succeeds at the simulator);
-latency is publish -> `<topic>/result` received, matched by transaction.
-`--mode coap`: the same cycle straight to the simulators over CoAP, one request at a time.
+latency is publish -> `<topic>/result` received, matched by transaction. MQTT v5 on paho-mqtt,
+driven on the event loop as the bridge drives it (benchmarks/mqttclient.py). It shares the two
+cores with what it measures, so it does as little as it can per command: every answer issues
+the next command from inside paho's callback, with no task, future or timer per command.
+`--mode coap`: the same cycle straight to the simulators over CoAP (aiocoap on the transport
+the bridge's client uses), one request at a time.
+`--loop`: uvloop (the bridge's default event loop) or asyncio's own.
 
 Commands on stdin, one JSON object a line; each is answered by one JSON line on stdout:
 - `{"cmd": "online", "timeout": s, "count": n}`: wait until n (default 1) `bridge/state` topics
@@ -28,10 +33,10 @@ from typing import Any
 import msgspec
 
 from benchmarks import stats, workload
-from benchmarks.coapclient import BareCoap
-from bridge import mqttwire
+from benchmarks.coapclient import BRIDGE_TRANSPORTS, BareCoap
+from benchmarks.mqttclient import BareMqtt
+from bridge.cli import run_loop
 
-NODELAY = ((6, 1, 1),)  # IPPROTO_TCP, TCP_NODELAY
 MAX_TIMEOUTS = 50  # a window stops early after this many unanswered commands
 MAX_ERROR_SAMPLES = 5
 
@@ -108,52 +113,6 @@ class Pagers:
         self.idle.append((number, step))
 
 
-class _Wire(asyncio.Protocol):
-    """The load generator's MQTT v5 connection, on the bridge's own codec (bridge.mqttwire).
-
-    A load generator should take as little of the two shared cores as it can: it parses every
-    complete packet per read, writes everything produced in one loop iteration with one
-    `write()`, and creates no task or timer per command. Clean session, QoS 1 both ways.
-    """
-
-    def __init__(self, on_publish: Any) -> None:
-        self._decoder = mqttwire.Decoder(v5=True)
-        self._on_publish = on_publish
-        self._out = bytearray()
-        self._transport: asyncio.Transport | None = None
-        self._loop = asyncio.get_running_loop()
-        self.acks: asyncio.Queue[mqttwire.Packet] = asyncio.Queue()
-        self._ids = itertools.cycle(range(1, 65536))
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        sock = transport.get_extra_info("socket")
-        sock.setsockopt(*NODELAY[0])
-
-    def data_received(self, data: bytes) -> None:
-        for packet in self._decoder.feed(data):
-            if isinstance(packet, mqttwire.Publish):
-                if packet.qos:
-                    self.send(mqttwire.puback(packet.packet_id))
-                self._on_publish(packet.topic, packet.payload)
-            elif not isinstance(packet, mqttwire.Puback | mqttwire.Pingresp):
-                self.acks.put_nowait(packet)
-
-    def send(self, data: bytes) -> None:
-        if not self._out:
-            self._loop.call_soon(self._flush)
-        self._out += data
-
-    def _flush(self) -> None:
-        if self._transport is not None and self._out:
-            self._transport.write(bytes(self._out))
-        self._out.clear()
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.send(mqttwire.publish(topic, payload, qos=1, packet_id=next(self._ids)))
-
-
 class MqttLoad:
     """Windows of commands; each answer starts the next command, so nothing waits in a task."""
 
@@ -170,26 +129,19 @@ class MqttLoad:
         self.online_wanted = 1
         self.window: Window | None = None
         self.finished = asyncio.Event()
-        self.wire: _Wire
+        self.mqtt = BareMqtt(f"bench-loadgen-{os.getpid()}", self._message, window=self.inflight)
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        _, self.wire = await loop.create_connection(
-            lambda: _Wire(self._message), "127.0.0.1", self.args.port
-        )
-        self.wire.send(mqttwire.connect(f"bench-loadgen-{os.getpid()}", clean_start=True))
-        connack = await self.wire.acks.get()
-        if not isinstance(connack, mqttwire.Connack) or connack.reason:
-            raise RuntimeError(f"broker refused the load generator: {connack!r}")
+        await self.mqtt.connect(self.args.port)
         results = [f"{p}/pager/+/action/result" for p in self.prefixes] or ["pager/+/action/result"]
         state = [f"{p}/bridge/state" for p in self.prefixes] or ["bridge/state"]
-        self.wire.send(mqttwire.subscribe(1, [(t, 1) for t in results + state]))
-        await self.wire.acks.get()
+        await self.mqtt.subscribe(results + state)
         reaper = asyncio.create_task(self._reap())
         try:
             await control(self.handle)
         finally:
             reaper.cancel()
+            self.mqtt.close()
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         if request["cmd"] == "online":
@@ -218,9 +170,9 @@ class MqttLoad:
         transaction = next(self.transactions)
         self.pending[transaction] = (number, action, time.perf_counter())
         topic = workload.pager_topic(number, self.prefixes)
-        self.wire.publish(topic, workload.command(action, transaction))
+        self.mqtt.publish(topic, workload.command(action, transaction))
 
-    def _message(self, topic: str, payload: bytes) -> None:
+    def _message(self, topic: str, payload: bytes, _mid: int) -> None:
         received = time.perf_counter()
         if topic.endswith("bridge/state"):
             if b"online" in payload:
@@ -263,7 +215,7 @@ class CoapLoad:
     def __init__(self, args: argparse.Namespace) -> None:
         self.ports = [int(p) for p in args.coap_ports.split(",")]
         self.pagers = Pagers(args.first_pager, args.pagers)
-        self.coap = BareCoap(args.timeout)
+        self.coap = BareCoap(args.timeout, transports=BRIDGE_TRANSPORTS, blockwise=False)
 
     async def serve(self) -> None:
         await self.coap.start()
@@ -333,10 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pagers", type=int, default=200)
     parser.add_argument("--first-pager", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=10.0, help="per command (s)")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = parser.parse_args(argv)
-    load = MqttLoad(args) if args.mode == "mqtt" else CoapLoad(args)
-    asyncio.run(load.serve())
+    run_loop(serve(args), args.loop)
     return 0
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Built inside the running loop: the MQTT client and its futures belong to it."""
+    load = MqttLoad(args) if args.mode == "mqtt" else CoapLoad(args)
+    await load.serve()
 
 
 if __name__ == "__main__":
