@@ -33,7 +33,10 @@ class _Channel(NamedTuple):
     description: str
 
 
-_NUMBER: Final = {"description": "Pager number, 1 to `pager.max_number` (999 by default)."}
+_NUMBER: Final = {
+    "description": "Pager number, 1 to 65535 by default (a site may narrow it: "
+    "`pager.min_number`, `pager.max_number`)."
+}
 _SCHEDULE_ID: Final = {"description": "Sensaphone.net schedule id, a positive integer."}
 CHANNELS: Final = (
     _Channel(

@@ -66,7 +66,10 @@ class PagerSettings(Section, frozen=True):
     # Circuit breaker: open after this many timeouts/unreachables in a row, probe after cooldown.
     breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
     breaker_cooldown: PositiveFloat = 5.0
-    max_number: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 999
+    # The vendor documents no range: every number the MQTT contract allows is passed on, and the
+    # transmitter's answer decides. A site may narrow it.
+    min_number: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1
+    max_number: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 65535
     page_modes: list[str] = msgspec.field(
         default_factory=lambda: ["Flash30Sec", "Vibe1", "Flash5Sec", "Beep", "Vibe3"]
     )

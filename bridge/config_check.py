@@ -108,10 +108,12 @@ def semantic(settings: Settings) -> list[str]:
 
 def _pager(pager: PagerSettings, where: str) -> list[str]:
     problems = _url(pager.url, f"{where}.url", ("coap",))
-    top = pager.max_number
-    bad = [n for n in pager.numbers if not 1 <= n <= top]
+    low, top = pager.min_number, pager.max_number
+    if low > top:
+        problems.append(f"{where}.min_number: {low} is above max_number ({top})")
+    bad = [n for n in pager.numbers if not low <= n <= top]
     if bad:
-        problems.append(f"{where}.numbers: {bad} not between 1 and {top}")
+        problems.append(f"{where}.numbers: {bad} not between {low} and {top}")
     return problems
 
 

@@ -88,7 +88,8 @@ def discovery_messages(
     """Every discovery config for this configuration: retained, compact JSON, stable order."""
     ctx = _Context(topics, node_id(bridge_id), version, prefix.strip("/"), support_url)
     out = [ctx.connectivity(), *ctx.statistics()]
-    numbers = sorted({n for n in settings.pager.numbers if 1 <= n <= settings.pager.max_number})
+    pager = settings.pager
+    numbers = sorted({n for n in pager.numbers if pager.min_number <= n <= pager.max_number})
     for number in numbers:
         out.extend(ctx.pager(number))
     schedules = sorted(int(key) for key in settings.sensaphone.schedules if key.isdigit())

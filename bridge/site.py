@@ -35,7 +35,10 @@ class Site:
     def __init__(self, name: str, settings: Settings, metrics: Metrics) -> None:
         self.name = name
         self.settings = settings
-        self.topics = Topics(settings.topic_prefix, max_number=settings.pager.max_number)
+        pager = settings.pager
+        self.topics = Topics(
+            settings.topic_prefix, min_number=pager.min_number, max_number=pager.max_number
+        )
         self.link = MqttLink(
             settings.mqtt, self.topics, metrics, receive_maximum=settings.limits.max_in_flight
         )

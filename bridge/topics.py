@@ -48,13 +48,13 @@ def is_publishable(topic: str) -> bool:
     )
 
 
-def _id_segment(segment: str, what: str, maximum: int) -> int:
+def _id_segment(segment: str, what: str, minimum: int, maximum: int) -> int:
     # isdecimal() also accepts non-ASCII digits; the contract says ASCII integers.
     if not (segment.isascii() and segment.isdigit()) or len(segment) > 10:
         raise InvalidTopic(f"{what} must be a positive integer, got {segment[:40]!r}")
     value = int(segment)
-    if not 1 <= value <= maximum:
-        raise InvalidTopic(f"{what} must be between 1 and {maximum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise InvalidTopic(f"{what} must be between {minimum} and {maximum}, got {value}")
     return value
 
 
@@ -64,6 +64,7 @@ class Topics:
     __slots__ = (
         "_cache",
         "_max_number",
+        "_min_number",
         "_pager_prefix",
         "_schedule_prefix",
         "bridge_state",
@@ -72,12 +73,12 @@ class Topics:
         "statistics",
     )
 
-    def __init__(self, prefix: str = "", *, max_number: int = 999) -> None:
+    def __init__(self, prefix: str = "", *, min_number: int = 1, max_number: int = 65535) -> None:
         self.prefix = prefix.strip("/")
         root = f"{self.prefix}/" if self.prefix else ""
         self._pager_prefix = f"{root}pager/"
         self._schedule_prefix = f"{root}schedule/"
-        self._max_number = max_number
+        self._min_number, self._max_number = min_number, max_number
         self.bridge_state = f"{root}bridge/state"
         self.deadletter = f"{root}bridge/deadletter"
         self.statistics = f"{root}pager/statistics"
@@ -101,11 +102,13 @@ class Topics:
             if sep and tail == "action":
                 if middle == BASE:
                     return BaseTopic()
-                return PagerTopic(_id_segment(middle, "pager number", self._max_number))
+                return PagerTopic(
+                    _id_segment(middle, "pager number", self._min_number, self._max_number)
+                )
         elif topic.startswith(self._schedule_prefix):
             middle, sep, tail = topic[len(self._schedule_prefix) :].partition("/")
             if sep and tail == "timerange":
-                schedule_id = _id_segment(middle, "schedule id", 2**31 - 1)
+                schedule_id = _id_segment(middle, "schedule id", 1, 2**31 - 1)
                 return ScheduleTopic(schedule_id)
         raise InvalidTopic(f"not a command topic: {topic[:120]!r}")
 
@@ -119,6 +122,14 @@ class Topics:
     @staticmethod
     def result(command_topic: str) -> str:
         return f"{command_topic}/result"
+
+    def is_pager_number(self, number: object) -> bool:
+        """True for a number this site serves: what a device value must be to become a topic."""
+        return (
+            isinstance(number, int)
+            and not isinstance(number, bool)
+            and self._min_number <= number <= self._max_number
+        )
 
     def _pager(self, number: int, leaf: str) -> str:
         key = (leaf, number)

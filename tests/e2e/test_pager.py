@@ -9,7 +9,8 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.sim.pager import PagerSimulator
-from tests.support import Peer
+from tests.e2e.conftest import BridgeFactory
+from tests.support import Peer, started_sim
 
 pytestmark = pytest.mark.broker
 
@@ -133,3 +134,22 @@ async def test_device_errors_carry_the_code_and_body(bridge: Bridge, peer: Peer)
     await peer.request("pager/78/action", {"action": "start"})
     again = await peer.request("pager/78/action", {"action": "start"})
     assert again["error"]["detail"]["coap_code"] == "4.00"
+
+
+async def test_the_transmitter_decides_which_numbers_exist(
+    bridge_at: BridgeFactory, peer: Peer
+) -> None:
+    """No invented limit: pager 1200 and 4242 reach the transmitter. One that knows them
+    answers; one that does not says so itself, and the result carries its answer."""
+    async with started_sim(max_number=65535) as big, bridge_at(pager_url=big.uri):
+        for number in (1200, 4242):
+            result = await peer.request(f"pager/{number}/action", {"action": "start"})
+            assert result["status"] == "ok", result
+            assert result["data"]["session"]["number"] == number
+    async with started_sim(max_number=999) as small, bridge_at(pager_url=small.uri):
+        refused = await peer.request("pager/1200/action", {"action": "start"})
+        assert refused["error"]["code"] == "upstream_error", refused
+        assert refused["error"]["detail"]["coap_code"].startswith("4.")
+    async with bridge_at(pager_max_number="1000"):
+        narrowed = await peer.request("pager/1200/action", {"action": "start"})
+        assert narrowed["error"]["code"] == "invalid_topic"

@@ -113,7 +113,7 @@ def test_schedule_commands(router: Router) -> None:
         ("pager/66/action", b'{"action":"page","colour":"red"}', "invalid_payload", "colour"),
         ("pager/66/action", b"x" * 300, "invalid_payload", "300 bytes; the limit is 256"),
         ("pager/abc/action", b"page", "invalid_topic", "positive integer"),
-        ("pager/5000/action", b"page", "invalid_topic", "between 1 and 999"),
+        ("pager/70000/action", b"page", "invalid_topic", "between 1 and 65535"),
         ("pager/base/action", b"page", "unknown_action", "unknown action 'page'"),
         ("schedule/1/timerange", b'{"action":"update"}', "invalid_payload", "range_id"),
         (

@@ -27,8 +27,8 @@ def test_parses_command_topics(topic: str, expected: object) -> None:
     [
         ("pager/abc/action", "pager number must be a positive integer, got 'abc'"),
         ("pager/-1/action", "pager number must be a positive integer, got '-1'"),
-        ("pager/0/action", "pager number must be between 1 and 999, got 0"),
-        ("pager/1000/action", "pager number must be between 1 and 999, got 1000"),
+        ("pager/0/action", "pager number must be between 1 and 65535, got 0"),
+        ("pager/65536/action", "pager number must be between 1 and 65535, got 65536"),
         ("pager/1e3/action", "pager number must be a positive integer, got '1e3'"),
         ("pager/٣/action", "pager number must be a positive integer"),
         ("pager/66/other", "not a command topic"),
@@ -62,8 +62,18 @@ def test_shared_subscription_filters() -> None:
     ]
 
 
-def test_configurable_maximum() -> None:
-    assert Topics(max_number=5000).parse("pager/4999/action") == PagerTopic(4999)
+def test_every_number_the_contract_allows_by_default() -> None:
+    # The vendor documents no range: 1200 and 4242 are real pagers somewhere.
+    for number in (1, 1200, 4242, 65535):
+        assert Topics().parse(f"pager/{number}/action") == PagerTopic(number)
+
+
+def test_a_site_narrows_the_range() -> None:
+    topics = Topics(min_number=100, max_number=199)
+    assert topics.parse("pager/150/action") == PagerTopic(150)
+    for number in (99, 200):
+        with pytest.raises(InvalidTopic, match="between 100 and 199"):
+            topics.parse(f"pager/{number}/action")
 
 
 @pytest.mark.parametrize(
