@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -10,9 +13,10 @@ from typing import Any
 import aiocoap
 import msgspec
 import pytest
+from aiocoap.numbers.constants import TransportTuning
 
 from bridge.coap import CoapReply, Transmitter
-from bridge.sim.pager import PagerSimulator
+from bridge.sim.pager import PagerSimulator, serve
 from bridge.sim.pager_resources import is_compact
 from tests.adapter.conftest import call, only
 
@@ -354,3 +358,47 @@ def test_the_simulator_leaves_every_coap_packet_to_aiocoap() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert loaded.strip() == "[]"
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free UDP ports on 127.0.0.1 (free when looked at)."""
+    for _ in range(20):
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            first.bind(("127.0.0.1", 0))
+            base: int = first.getsockname()[1]
+            try:
+                for offset in range(1, count):
+                    other = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                    other.bind(("127.0.0.1", base + offset))
+            except OSError:
+                continue
+            return base
+    raise AssertionError("no consecutive free ports")
+
+
+async def test_serve_runs_a_fleet_on_consecutive_ports() -> None:
+    base = free_ports(3)
+    lifetime = TransportTuning().EXCHANGE_LIFETIME
+    fleet = asyncio.create_task(serve(port=base, count=3, ping_interval=30))
+    context = await aiocoap.Context.create_client_context(transports=["udp6"])
+    try:
+        for port in range(base, base + 3):
+            uri = f"coap://127.0.0.1:{port}/v1/sessions"
+            async with asyncio.timeout(5):
+                while True:  # until that simulator has started
+                    with contextlib.suppress(aiocoap.error.NetworkError):
+                        response = await context.request(
+                            aiocoap.Message(code=aiocoap.GET, uri=uri)
+                        ).response
+                        break
+                    await asyncio.sleep(0.05)
+            assert response.code == aiocoap.CONTENT
+        # aiocoap's duplicate detection keeps answers for 49 s, not 247 s, while serving.
+        assert TransportTuning().EXCHANGE_LIFETIME == 49
+    finally:
+        fleet.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fleet
+        await context.shutdown()
+    assert TransportTuning().EXCHANGE_LIFETIME == lifetime == 247

@@ -26,6 +26,7 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import BlockOption
 
+from bridge.sim import pager
 from bridge.sim.pager import PagerSimulator
 from tests.support import started_sim
 
@@ -403,6 +404,35 @@ async def test_block_wise_notification_holds_the_next_until_fetched(
         None,
     )
     assert [s["number"] for s in body(small)["sessions"]] == [2]
+
+
+async def test_a_block_wise_notification_never_fetched_holds_the_next_only_so_long(
+    raw: Raw, sim: PagerSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pager, "HOLD_LIMIT", 0.3)
+    await register(raw, sim, b"lazy")
+    sim.console_create(1, label="L" * 3000)
+    sim.console_create(2)
+    first = await raw.next()
+    raw.send(ACK, Code.EMPTY, first.mid)
+    await raw.nothing(0.2)
+    small = await raw.next()
+    assert (small.opt.observe, [s["number"] for s in body(small)["sessions"]]) == (2, [2])
+
+
+async def test_an_observer_too_far_behind_is_told_so_with_5_03(
+    raw: Raw, sim: PagerSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pager, "BACKLOG", 3)
+    await register(raw, sim, b"slow")
+    sim.console_create(1, label="L" * 3000)  # block-wise: the next ones wait behind it
+    first = await raw.next()
+    raw.send(ACK, Code.EMPTY, first.mid)
+    for number in range(2, 6):  # the fourth waiting notification is one too many
+        sim.console_create(number)
+    ended = await raw.next()
+    assert (ended.token, ended.code, ended.opt.observe) == (b"slow", Code.SERVICE_UNAVAILABLE, None)
+    assert sim.observers == 0
 
 
 async def test_stop_closes_the_port_and_a_restart_serves_it_again(
