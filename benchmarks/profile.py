@@ -24,6 +24,7 @@ _WRAPPERS = (
     "asyncio/runners.py",
     "asyncio/base_events.py",
     "asyncio/events.py",
+    "uvloop/__init__.py",  # uvloop.run(), the bridge's default loop (bridge/cli.py)
 )
 _WRAPPERS_SUFFIXES = tuple(f"({w})" for w in _WRAPPERS)
 _IDLE = "EpollSelector.select (selectors.py)"
