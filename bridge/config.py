@@ -126,6 +126,9 @@ class LimitSettings(Section, frozen=True):
     # seconds is answered from its first outcome instead of being carried out again.
     dedup_window: Annotated[float, msgspec.Meta(ge=0)] = 600.0
     dedup_size: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10000
+    # ...and at most this many bytes of remembered results (a `list` of 10,000 sessions is
+    # 2.3 MB): the oldest are forgotten first.
+    dedup_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 16 << 20
     # SIGTERM: how long in-flight commands may take to finish before the bridge disconnects.
     drain_timeout: Annotated[float, msgspec.Meta(ge=0)] = 20.0
 

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 import msgspec
 
 from bridge import models, outbox
-from bridge.answers import Answers
 from bridge.config import LimitSettings
-from bridge.errors import BridgeError, Expired
+from bridge.dedup import Dedup, Entry, Reuse, digest
+from bridge.errors import BridgeError, Expired, InvalidPayload
 from bridge.logs import Budget, correlation_id
 from bridge.metrics import Metrics
 from bridge.mqtt import Inbound, LinkDown, PublishRefused
@@ -56,6 +56,10 @@ DEADLETTER_CODES = frozenset({"upstream_timeout", "upstream_unavailable", "auth_
 INPUT_CODES = frozenset({"invalid_topic", "invalid_payload", "unknown_action", "expired"})
 # Failed-command log lines per minute, per site.
 LOG_BUDGET = 60
+RETAINED = (
+    "a retained command is never carried out: the broker stored it (retain flag) and replays "
+    "it to every new subscriber; publish commands without the retain flag"
+)
 _ROUTES = {PagerTopic: "pager", BaseTopic: "pager_base", ScheduleTopic: "schedule"}
 
 
@@ -70,7 +74,7 @@ class Dispatcher:
         self._execute = execute
         self._metrics = metrics
         self._limits = limits
-        self._answers = Answers(limits.dedup_window, limits.dedup_size)
+        self._dedup = Dedup(limits.dedup_window, limits.dedup_size, limits.dedup_bytes)
         self._log_budget = Budget(LOG_BUDGET, 60.0)
         self._slots = asyncio.Semaphore(limits.max_in_flight)
         self._lanes: dict[tuple[str, int], deque[tuple[Inbound, Request]]] = {}
@@ -130,11 +134,27 @@ class Dispatcher:
         command = request.command
         route, action = _ROUTES[type(request.target)], str(command.__struct_config__.tag)
         correlation_id.set(_correlation(command.transaction, inbound))
-        key = Answers.key(inbound.topic, command.transaction, inbound.correlation)
-        earlier = self._answers.get(key)
-        if earlier is not None:
-            await self._finish(inbound, earlier, route, action, "duplicate")
+        if inbound.retain:
+            await self._refuse(inbound, command.transaction, Expired(RETAINED), route, action)
             return
+        identity, keyed = Dedup.identity(
+            inbound.topic, command.transaction, inbound.correlation, inbound.payload
+        )
+        fingerprint = _fingerprint(command)
+        try:
+            earlier = self._dedup.earlier(identity, keyed, fingerprint, inbound.dup)
+        except Reuse:
+            refusal = InvalidPayload(_reused(command.transaction, self._limits.dedup_window))
+            await self._refuse(inbound, command.transaction, refusal, route, action)
+            return
+        if earlier is not None and earlier.result is not None:
+            if inbound.dup and earlier.published:
+                # The broker redelivers a command whose result is out: acknowledged only.
+                await self._finish(inbound, None, route, action, "redelivered")
+            else:
+                await self._finish(inbound, earlier.result, route, action, "duplicate", earlier)
+            return
+        entry = self._dedup.begin(identity, keyed, fingerprint)
         with outbox.collecting() as deferred:
             try:
                 self._check_age(inbound, command)
@@ -148,12 +168,25 @@ class Dispatcher:
                 log.exception("command on %s failed unexpectedly", inbound.topic)
                 result = _error_result(BridgeError(f"internal error: {exc}"), command.transaction)
         payload = models.ENCODER.encode(result)
-        self._answers.put(key, payload)
+        self._dedup.finished(entry, payload)
         if result.error is not None:
             self._note_failure(inbound, result)
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s on %s: ok", route, action, inbound.topic)
-        await self._finish(inbound, payload, route, action, _outcome(result), deferred)
+        await self._finish(inbound, payload, route, action, _outcome(result), entry, deferred)
+
+    async def _refuse(
+        self,
+        inbound: Inbound,
+        transaction: str | int | None,
+        exc: BridgeError,
+        route: str,
+        action: str,
+    ) -> None:
+        """Answer with an error without carrying the command out (nor remembering it)."""
+        result = _error_result(exc, transaction)
+        self._note_failure(inbound, result)
+        await self._finish(inbound, models.ENCODER.encode(result), route, action, exc.code)
 
     async def _deadletter(
         self, inbound: Inbound, result: models.Result, route: str
@@ -233,10 +266,11 @@ class Dispatcher:
     async def _finish(
         self,
         inbound: Inbound,
-        payload: bytes,
+        payload: bytes | None,
         route: str,
         action: str,
         outcome: str,
+        entry: Entry | None = None,
         deferred: list[Awaitable[object]] | None = None,
     ) -> None:
         """Publish the result (after the command's deferred publishes), then acknowledge.
@@ -247,7 +281,11 @@ class Dispatcher:
         unacknowledged, for the broker to deliver again.
         """
         try:
-            refused = await self._reply(inbound, payload, deferred or [])
+            refused = None
+            if payload is not None:
+                refused = await self._reply(inbound, payload, deferred or [])
+                if entry is not None and refused is None:
+                    entry.published = True
             if refused is not None:
                 outcome = "result_refused"
                 letter = models.DeadLetter(
@@ -314,6 +352,22 @@ def _correlation(transaction: str | int | None, inbound: Inbound) -> str:
     if transaction is not None:
         return str(transaction)[:64]
     return f"m{inbound.generation}-{inbound.mid}"
+
+
+def _fingerprint(command: models.Command) -> bytes:
+    """What makes two commands the same command: everything but `sent_at` and the key."""
+    bare = msgspec.structs.replace(command, transaction=None, sent_at=None)
+    return digest(models.ENCODER.encode(bare))
+
+
+def _reused(transaction: str | int | None, window: float) -> str:
+    key = (
+        f"transaction {str(transaction)[:64]!r}" if transaction is not None else "correlation data"
+    )
+    return (
+        f"{key} was already used within the last {window:g} s for a different command on this "
+        "topic; it is not carried out: use a new one for each command"
+    )
 
 
 def _outcome(result: models.Result) -> str:

@@ -24,7 +24,7 @@ BAD_INPUT = [
     ("pager/5/action", '{"action":"dance"}', "unknown_action", "unknown action 'dance'"),
     ("pager/abc/action", "page", "invalid_topic", "positive integer"),
     ("pager/-3/action", "page", "invalid_topic", "positive integer"),
-    ("pager/100000/action", "page", "invalid_topic", "between 1 and 999"),
+    ("pager/100000/action", "page", "invalid_topic", "between 1 and 65535"),
     ("pager/5/action", "x" * 20000, "invalid_payload", "the limit is 16384"),
     (
         "pager/5/action",
@@ -50,7 +50,11 @@ async def test_bad_input_gets_clear_errors_and_the_bridge_keeps_serving(
         'iotbridge_commands_total{action="none",outcome="invalid_topic",route="invalid"} 3.0'
         in body
     )
-    assert 'outcome="unknown_action",route="pager"' not in body  # not routed: counted as invalid
+    # Refused commands are labelled by what they attempted, where that can be read.
+    assert (
+        'iotbridge_commands_total{action="none",outcome="unknown_action",route="pager"} 1.0' in body
+    )
+    assert 'action="start",outcome="invalid_payload",route="pager"' in body
 
 
 async def test_transaction_is_echoed_even_for_invalid_payloads(bridge: Bridge, peer: Peer) -> None:

@@ -13,6 +13,7 @@ from bridge.app import Bridge
 from bridge.broker import Mosquitto
 from bridge.sim.pager import PagerSimulator
 from tests.e2e.conftest import BridgeFactory
+from tests.faults.tools import properties
 from tests.support import Peer, http_get, running, settings
 
 pytestmark = pytest.mark.broker
@@ -109,3 +110,62 @@ async def test_a_result_the_broker_refuses_is_dead_lettered_not_taken_as_deliver
             await asyncio.sleep(0.5)
             assert 'route="pager"' not in await http_get(again, "/metrics")
     assert [r[0] for r in pager_sim.received] == [13, 14]  # carried out once
+
+
+async def test_a_reused_transaction_is_refused_not_answered_with_another_commands_outcome(
+    bridge: Bridge, peer: Peer, pager_sim: PagerSimulator
+) -> None:
+    start = json.dumps({"action": "start", "transaction": "t1"})
+    clear = json.dumps({"action": "clear", "transaction": "t1"})
+    await peer.publish("pager/44/action", start)
+    await peer.wait_for(lambda _: len(peer.results.get("t1", [])) == 1)
+    await peer.publish("pager/44/action", clear)
+    await peer.wait_for(lambda _: len(peer.results.get("t1", [])) == 2)
+    started, refused = peer.results["t1"]
+    assert started["status"] == "ok"
+    assert refused["error"]["code"] == "invalid_payload"
+    assert "already used" in refused["error"]["message"]
+    assert "for a different command" in refused["error"]["message"]
+    # The same start again is a retry: the first outcome, and still one session at the device.
+    await peer.publish("pager/44/action", start)
+    await peer.wait_for(lambda _: len(peer.results.get("t1", [])) == 3)
+    assert peer.results["t1"][2] == started
+    assert [(r[0], r[1]) for r in pager_sim.received] == [(44, "POST")]
+
+
+async def test_reused_correlation_data_is_refused_too(bridge: Bridge, peer: Peer) -> None:
+    first = await peer.request_v5("pager/base/action", "statistics", "client/reply")
+    assert json.loads(first[1])["status"] == "ok"
+    count = len(peer.on("client/reply"))
+    await peer.publish(
+        "pager/base/action",
+        "get_settings",
+        properties=properties(ResponseTopic="client/reply", CorrelationData=b"corr-1"),
+    )
+    await peer.wait_for(lambda _: len(peer.on("client/reply")) > count)
+    again = peer.on("client/reply")[-1]
+    assert json.loads(again[1])["error"]["code"] == "invalid_payload"
+    assert again[3].CorrelationData == b"corr-1"
+
+
+async def test_a_retained_command_is_never_carried_out(
+    broker: Mosquitto, bridge_at: BridgeFactory, peer: Peer, pager_sim: PagerSimulator
+) -> None:
+    """Published with the retain flag, a page is carried out once, as it arrives live; the copy
+    the broker stored is replayed at each subscribe, and refused each time."""
+    assert peer._client is not None
+    async with bridge_at():
+        await peer._client.publish("pager/7/action", b"alert", qos=1, retain=True)
+        live = await peer.wait_for(lambda m: m[0] == "pager/7/action/result")
+        assert json.loads(live[1])["status"] == "ok"
+    async with bridge_at() as bridge:
+        replay = await peer.wait_for(
+            lambda m: m[0] == "pager/7/action/result" and b'"error"' in m[1]
+        )
+        metrics = await http_get(bridge, "/metrics")
+    error = json.loads(replay[1])["error"]
+    assert error["code"] == "expired"
+    assert "retained command is never carried out" in error["message"]
+    assert 'action="alert",outcome="expired",route="pager"' in metrics
+    assert [r[0] for r in pager_sim.received] == [7]
+    await peer._client.publish("pager/7/action", b"", qos=1, retain=True)  # clean up
