@@ -50,7 +50,8 @@ class Link(Protocol):
     ) -> Awaitable[None]: ...
 
 
-# Failures where the command was not carried out for want of an answer: parked for an operator.
+# Failures where the command was not carried out for want of an answer, parked for an operator
+# (as is any failure after retries were exhausted, whatever its code).
 DEADLETTER_CODES = frozenset({"upstream_timeout", "upstream_unavailable", "auth_failed"})
 # Failures that say the input was refused (logged at INFO); the others at WARNING.
 INPUT_CODES = frozenset({"invalid_topic", "invalid_payload", "unknown_action", "expired"})
@@ -162,8 +163,8 @@ class Dispatcher:
                 result = models.Result(status="ok", transaction=command.transaction, data=data)
             except BridgeError as exc:
                 result = _error_result(exc, command.transaction)
-                if exc.code in DEADLETTER_CODES:
-                    result = await self._deadletter(inbound, result, route)
+                if exc.code in DEADLETTER_CODES or exc.attempts > 1:
+                    result = await self._deadletter(inbound, result, route, exc.attempts)
             except Exception as exc:
                 log.exception("command on %s failed unexpectedly", inbound.topic)
                 result = _error_result(BridgeError(f"internal error: {exc}"), command.transaction)
@@ -189,7 +190,7 @@ class Dispatcher:
         await self._finish(inbound, models.ENCODER.encode(result), route, action, exc.code)
 
     async def _deadletter(
-        self, inbound: Inbound, result: models.Result, route: str
+        self, inbound: Inbound, result: models.Result, route: str, attempts: int
     ) -> models.Result:
         """Park a command that could not be carried out; its result says where."""
         assert result.error is not None
@@ -198,6 +199,7 @@ class Dispatcher:
             payload=inbound.payload.decode("utf-8", "replace"),
             reason=result.error.message,
             error=result.error,
+            attempts=attempts,
         )
         topic = self._router.topics.deadletter
         if not await self._park(letter, route, result.error.code):

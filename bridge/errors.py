@@ -32,6 +32,9 @@ class BridgeError(Exception):
         self.message = message
         # Extra, JSON-serialisable facts for the result (e.g. the device's code and body).
         self.detail = detail
+        # How many times the upstream was asked before this was given up (retries exhausted
+        # when more than one): such a command goes to the dead-letter topic.
+        self.attempts = 1
 
 
 class InvalidTopic(BridgeError):

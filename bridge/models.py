@@ -236,10 +236,14 @@ class ScheduleRanges(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A command that could not be carried out (or answered), parked for an operator."""
+
     topic: str
     payload: str
     reason: str
     error: ErrorInfo | None = None
+    # How many times the upstream was asked: more than one means retries were exhausted.
+    attempts: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
 ENCODER = msgspec.json.Encoder()

@@ -170,10 +170,11 @@ class PagerService:
         while True:
             try:
                 return await self._attempt(operation, method, path, query, payload, etag)
-            except (UpstreamTimeout, UpstreamUnavailable):
+            except (UpstreamTimeout, UpstreamUnavailable) as exc:
                 attempt += 1
                 delay = random.uniform(0, min(2.0, 0.1 * 2**attempt))  # noqa: S311 - jitter
                 if method != "GET" or time.monotonic() + delay >= end:
+                    exc.attempts = attempt
                     raise
                 self._metrics.upstream_retries.labels("pager", operation, "no_answer").inc()
                 await asyncio.sleep(delay)

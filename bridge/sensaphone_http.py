@@ -125,6 +125,7 @@ class Transport:
             delay = outcome.delay if outcome.delay is not None else _backoff(attempt)
             retriable = outcome.retriable and (idempotent or outcome.reason in _NEVER_SENT)
             if not retriable or time.monotonic() + delay >= deadline:
+                outcome.error.attempts = attempt + 1
                 raise outcome.error
             log.info(
                 "Sensaphone %s: %s; retry %d in %.2f s", op, outcome.reason, attempt + 1, delay

@@ -42,12 +42,18 @@ log = logging.getLogger(__name__)
 Target = Literal["any", "login", "timerange"]
 _VERB_OF_METHOD: Final = {"GET": "read", "POST": "create", "PUT": "update", "DELETE": "delete"}
 _HTTP_OF_CODE: Final = {1: 400, 2: 401, 3: 400, 4: 404, 7: 401, 9: 429}
+_FAILED: Final = msgspec.json.encode(
+    {"result": {"success": False, "code": 1, "message": "Internal error"}, "response": {}}
+)
 
 
 @dataclass
 class _Faults:
     latency: float = 0.0
-    fail: collections.deque[tuple[int, Target]] = field(default_factory=collections.deque)
+    # (HTTP status, with a `success: false` envelope rather than plain text), target
+    fail: collections.deque[tuple[tuple[int, bool], Target]] = field(
+        default_factory=collections.deque
+    )
     throttle: collections.deque[tuple[float, Target]] = field(default_factory=collections.deque)
     stall: collections.deque[tuple[float, Target]] = field(default_factory=collections.deque)
 
@@ -126,10 +132,13 @@ class SensaphoneSimulator:
     def latency(self, seconds: float) -> None:
         self._faults.latency = seconds
 
-    def fail_next(self, n: int, status: int = 500, *, target: Target = "timerange") -> None:
-        """The next n matching requests get `status` with a plain-text body, unprocessed."""
+    def fail_next(
+        self, n: int, status: int = 500, *, target: Target = "timerange", envelope: bool = False
+    ) -> None:
+        """The next n matching requests get `status`, unprocessed: with a plain-text body, or
+        with `envelope` a result envelope saying `success: false` (code 1, internal error)."""
         with self._lock:
-            self._faults.fail.extend([(status, target)] * n)
+            self._faults.fail.extend([((status, envelope), target)] * n)
 
     def throttle_next(
         self, n: int, retry_after: float = 1, *, target: Target = "timerange"
@@ -235,8 +244,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             envelope = _envelope(SimError(9, "Too many requests"), None)
             self._reply(429, envelope, {"Retry-After": f"{retry_after:g}"})
             return
-        if (status := sim.take_fault("fail", is_login)) is not None:
-            self._reply(status, b"Internal Server Error", {"Content-Type": "text/plain"})
+        if (failure := sim.take_fault("fail", is_login)) is not None:
+            status, envelope = failure
+            if envelope:
+                self._reply(status, _FAILED)
+            else:
+                self._reply(status, b"Internal Server Error", {"Content-Type": "text/plain"})
             return
         status, envelope = self._answer(sim, path, is_login, body_bytes)
         sim.wait(sim.take_fault("stall", is_login) or 0.0)

@@ -214,3 +214,24 @@ async def test_configured_schedules_are_published_from_the_start(
     ranges = json.loads(retained[1])["timeranges"]
     assert [r["range_id"] for r in ranges] == [58381, 51587]
     assert not [m for m in peer.messages if m[0].endswith("/result")]  # nobody sent a command
+
+
+async def test_a_command_that_exhausts_its_retries_is_dead_lettered(
+    schedule_bridge: Callable[..., AbstractAsyncContextManager[Bridge]],
+    peer: Peer,
+    sensaphone: SensaphoneSimulator,
+) -> None:
+    """HTTP 500 with Sensaphone's `success: false` on every attempt: after its retries the
+    command is answered upstream_error and parked on bridge/deadletter, saying how many times
+    Sensaphone was asked. (A refusal on the first answer, without retries, is not parked.)"""
+    async with schedule_bridge(sensaphone_deadline="1.5"):
+        await peer.wait_for(lambda m: m[0] == "schedule/28487/timeranges")  # the start-up read
+        sensaphone.fail_next(1000, status=500, envelope=True)
+        result = await peer.request("schedule/28487/timerange", "read")
+        letter = json.loads((await peer.wait_for(lambda m: m[0] == "bridge/deadletter"))[1])
+    assert result["error"]["code"] == "upstream_error"
+    assert "Sensaphone refused the read: Internal error (code 1)" in result["error"]["message"]
+    assert result["error"]["detail"]["deadletter"] == "bridge/deadletter"
+    assert letter["topic"] == "schedule/28487/timerange"
+    assert letter["error"]["code"] == "upstream_error"
+    assert letter["attempts"] > 1
