@@ -30,10 +30,17 @@ class CircuitBreaker:
     """Guards one upstream endpoint. Call `before()`, then `success()` or `failure()`."""
 
     def __init__(
-        self, upstream: str, metrics: Metrics, *, failures: int = 5, cooldown: float = 5.0
+        self,
+        upstream: str,
+        metrics: Metrics,
+        *,
+        failures: int = 5,
+        cooldown: float = 5.0,
+        site: str = "default",
     ) -> None:
         self._upstream = upstream
         self._metrics = metrics
+        self._state_gauge = metrics.child(metrics.circuit_state, site, upstream)
         self._threshold = failures
         self._cooldown = cooldown
         self._failures = 0
@@ -89,4 +96,4 @@ class CircuitBreaker:
         self._show()
 
     def _show(self) -> None:
-        self._metrics.circuit_state.labels(self._upstream).set(STATE_VALUE[self.state])
+        self._state_gauge.set(STATE_VALUE[self.state])

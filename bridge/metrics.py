@@ -83,8 +83,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # Gauges that describe one site carry its name (a bounded set: the configured sites),
+        # so with several sites each has its own series instead of the last writer winning.
         self.mqtt_connected = Gauge(
-            "iotbridge_mqtt_connected", "1 while the MQTT session is up", registry=r
+            "iotbridge_mqtt_connected",
+            "1 while the site's MQTT session is up",
+            ["site"],
+            registry=r,
         )
         self.mqtt_reconnects = Counter(
             "iotbridge_mqtt_reconnects", "MQTT connection attempts after the first", registry=r
@@ -120,7 +125,9 @@ class Metrics:
             "iotbridge_commands_in_flight", "Commands received and not yet answered", registry=r
         )
         self.pager_statistics = {
-            field: Gauge(f"iotbridge_pager_{name}", f"Transmitter statistic {field}", registry=r)
+            field: Gauge(
+                f"iotbridge_pager_{name}", f"Transmitter statistic {field}", ["site"], registry=r
+            )
             for field, name in PAGER_STATISTICS.items()
         }
         self.pager_notifications = Counter(
@@ -132,7 +139,7 @@ class Metrics:
         self.pager_watch_mode = Gauge(
             "iotbridge_pager_watch_mode",
             "How changes are followed: 1 for the active mode (observe or poll)",
-            ["mode"],
+            ["site", "mode"],
             registry=r,
         )
         self.pager_events = Counter(
@@ -147,7 +154,7 @@ class Metrics:
         self.circuit_state = Gauge(
             "iotbridge_circuit_state",
             "Circuit breaker per upstream: 0 closed, 1 open, 2 half-open",
-            ["upstream"],
+            ["site", "upstream"],
             registry=r,
         )
         self.circuit_transitions = Counter(
@@ -177,11 +184,12 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def set_pager_statistics(self, values: dict[str, float | None]) -> None:
+    def set_pager_statistics(self, site: str, values: dict[str, Any]) -> None:
+        """The gauges of the statistics the transmitter reported (numbers only)."""
         for field, value in values.items():
             gauge = self.pager_statistics.get(field)
-            if gauge is not None and value is not None:
-                gauge.set(value)
+            if gauge is not None and isinstance(value, int | float) and not isinstance(value, bool):
+                self.child(gauge, site).set(value)
 
     def sensaphone_observer(self) -> SensaphoneMetrics:
         return SensaphoneMetrics(self)

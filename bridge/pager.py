@@ -53,17 +53,21 @@ class PagerService:
         topics: Topics,
         metrics: Metrics,
         settings: PagerSettings,
+        *,
+        site: str = "default",
     ) -> None:
         self._tx = transmitter
         self._publish = publish
         self._metrics = metrics
         self._settings = settings
+        self._site = site
         self.tracker = SessionTracker(topics)
         self.breaker = CircuitBreaker(
             "pager",
             metrics,
             failures=settings.breaker_failures,
             cooldown=settings.breaker_cooldown,
+            site=site,
         )
 
     # -- commands --------------------------------------------------------------------------
@@ -230,7 +234,8 @@ class PagerService:
             changed = self.tracker.statistics(envelope.statistics)
             if changed:  # the gauges too only when they moved (every reply carries statistics)
                 out += changed
-                self._metrics.set_pager_statistics(msgspec.structs.asdict(envelope.statistics))
+                statistics = msgspec.structs.asdict(envelope.statistics)
+                self._metrics.set_pager_statistics(self._site, statistics)
         if out:
             await outbox.send(self._publish(out))
 
@@ -312,7 +317,8 @@ class PagerService:
 
     def _set_mode(self, mode: str) -> None:
         for each in ("observe", "poll"):
-            self._metrics.pager_watch_mode.labels(each).set(1 if each == mode else 0)
+            gauge = self._metrics.child(self._metrics.pager_watch_mode, self._site, each)
+            gauge.set(1 if each == mode else 0)
 
 
 def _decode(reply: CoapReply) -> t7470.Envelope:

@@ -40,7 +40,11 @@ class Site:
             settings.topic_prefix, min_number=pager.min_number, max_number=pager.max_number
         )
         self.link = MqttLink(
-            settings.mqtt, self.topics, metrics, receive_maximum=settings.limits.max_in_flight
+            settings.mqtt,
+            self.topics,
+            metrics,
+            receive_maximum=settings.limits.max_in_flight,
+            site=name,
         )
         self.transmitter = Transmitter(
             settings.pager.url,
@@ -48,7 +52,7 @@ class Site:
             rotate_after=settings.pager.rotate_after,
         )
         self.pager = PagerService(
-            self.transmitter, self.publish_all, self.topics, metrics, settings.pager
+            self.transmitter, self.publish_all, self.topics, metrics, settings.pager, site=name
         )
         self.sensaphone = SensaphoneClient(
             settings.sensaphone, metrics=metrics.sensaphone_observer()

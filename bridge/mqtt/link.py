@@ -180,8 +180,10 @@ class MqttLink:
         *,
         receive_maximum: int = 100,
         buffer: int = 10_000,
+        site: str = "default",
     ) -> None:
         self._settings = settings
+        self._connected_gauge = metrics.child(metrics.mqtt_connected, site)
         self._topics = topics
         self._metrics = metrics
         self._receive_maximum = max(1, min(receive_maximum, 65535))
@@ -456,13 +458,13 @@ class MqttLink:
         conn.up = True
         self._last_failure = None
         self.ready = True
-        self._metrics.mqtt_connected.set(1)
+        self._connected_gauge.set(1)
         log.info("MQTT connected as %s, subscribed", self.client_id)
 
     def _down(self) -> None:
         self._conn = None
         self.ready = False
-        self._metrics.mqtt_connected.set(0)
+        self._connected_gauge.set(0)
 
     def _drop(self, conn: _Connection, error: LinkError) -> None:
         """End `conn` with `error`, closing its socket without DISCONNECT (so the will goes)."""

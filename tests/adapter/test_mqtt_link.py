@@ -98,7 +98,7 @@ async def test_commands_in_results_out_and_state(broker: Mosquitto) -> None:
             await peer.publish(f"pager/{n}/action", f"cmd-{n}")
         await until(lambda: len(results(peer, "pager/")) >= 100, 10)
         assert sorted(results(peer, "pager/")) == sorted(f"cmd-{n}".encode() for n in range(1, 101))
-        assert metrics.mqtt_connected._value.get() == 1
+        assert metrics.mqtt_connected.labels("default")._value.get() == 1
     async with Peer(broker.port) as peer:
         offline = await peer.wait_for(lambda m: m[0] == "bridge/state")
         assert json.loads(offline[1]) == {"state": "offline"}
@@ -242,7 +242,7 @@ async def test_unacknowledged_publishes_are_resent_with_dup_on_the_resumed_sessi
                 publishes = asyncio.gather(
                     *(link.publish(f"dup/{n}", b"%d" % n) for n in range(20))
                 )
-                await until(lambda: metrics.mqtt_connected._value.get() == 0, 5)
+                await until(lambda: metrics.mqtt_connected.labels("default")._value.get() == 0, 5)
             async with asyncio.timeout(15):
                 await publishes
             await until(lambda: len([m for m in peer.messages if m[0].startswith("dup/")]) >= 20, 5)
@@ -442,7 +442,7 @@ async def test_a_silent_broker_is_dropped_by_the_keepalive(broker: Mosquitto) ->
     async with running(link):
         with frozen(broker):
             started = time.monotonic()
-            await until(lambda: metrics.mqtt_connected._value.get() == 0, 5)
+            await until(lambda: metrics.mqtt_connected.labels("default")._value.get() == 0, 5)
             took = time.monotonic() - started
     assert 1 <= took <= 3.5, took
     assert metrics.mqtt_connect_failures.labels("timeout")._value.get() == 1

@@ -109,10 +109,10 @@ async def test_probes_and_metrics(bridge: Bridge, peer: Peer) -> None:
     body = await http_get(bridge, "/metrics")
     assert 'iotbridge_commands_total{action="start",outcome="ok",route="pager"} 1.0' in body
     assert 'iotbridge_commands_total{action="page",outcome="upstream_error",route="pager"}' in body
-    assert "iotbridge_mqtt_connected 1.0" in body
+    assert 'iotbridge_mqtt_connected{site="default"} 1.0' in body
     assert 'iotbridge_upstream_request_duration_seconds_bucket{le="60.0",operation="start"' in body
     assert 'iotbridge_command_duration_seconds_bucket{le="0.001",route="pager"}' in body
-    assert "iotbridge_pager_sessions 1.0" in body
+    assert 'iotbridge_pager_sessions{site="default"} 1.0' in body
     for forbidden in ('"30"', '"31"', "pager/30", "pager/31"):
         assert forbidden not in body
 
@@ -183,4 +183,4 @@ async def test_polling_when_observe_is_unavailable(
             sim.console_remove(33)
             await peer.wait_for(lambda m: m[0] == "pager/33/event" and b'"removed"' in m[1])
             body = await http_get(bridge, "/metrics")
-            assert 'iotbridge_pager_watch_mode{mode="poll"} 1.0' in body
+            assert 'iotbridge_pager_watch_mode{mode="poll",site="default"} 1.0' in body

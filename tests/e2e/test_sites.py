@@ -11,7 +11,8 @@ import pytest
 from bridge.app import Bridge
 from bridge.broker import Mosquitto
 from bridge.sim.pager import PagerSimulator
-from tests.support import Peer, running, settings, started_sim
+from tests.faults.tools import sample
+from tests.support import Peer, http_get, running, settings, started_sim
 
 pytestmark = pytest.mark.broker
 
@@ -87,3 +88,25 @@ async def test_a_dead_transmitter_does_not_delay_another_site(
             topic = f"north/pager/{number}/action/result"
             message = await peer.wait_for(lambda m: m[0] == topic, 20)  # noqa: B023
             assert b"upstream_" in message[1]
+
+
+async def test_gauges_are_per_site(
+    tmp_path: Path,
+    broker: Mosquitto,
+    pager_sim: PagerSimulator,
+    second_sim: PagerSimulator,
+    peer: Peer,
+) -> None:
+    """Each site's connection, transmitter statistics, watch mode and circuit are its own
+    series: with one series for all, the last site to write would win."""
+    async with running(two_sites(tmp_path, broker, pager_sim, second_sim)) as bridge:
+        for number in (1, 2, 3):
+            await peer.request(f"north/pager/{number}/action", {"action": "start"})
+        await peer.request("restaurants/south/pager/1/action", {"action": "start"})
+        await peer.request("north/pager/1/action", {"action": "start"})  # a refusal: still 3
+        metrics = await http_get(bridge, "/metrics")
+    for site in ("north", "south"):
+        assert sample(metrics, "iotbridge_mqtt_connected", site=site) == 1
+        assert sample(metrics, "iotbridge_circuit_state", site=site, upstream="pager") == 0
+    assert sample(metrics, "iotbridge_pager_sessions", site="north") == 3
+    assert sample(metrics, "iotbridge_pager_sessions", site="south") == 1

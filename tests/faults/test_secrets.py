@@ -205,6 +205,6 @@ async def _until_ready(process: BridgeProcess) -> None:
                 text = await asyncio.to_thread(process.metrics)
             except OSError:
                 text = ""
-            if "iotbridge_mqtt_connected 1.0" in text:
+            if 'iotbridge_mqtt_connected{site="default"} 1.0' in text:
                 return
             await asyncio.sleep(0.1)
