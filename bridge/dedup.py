@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
 # Digest size: 128 bits, collisions out of reach for any number of commands.
@@ -31,8 +32,8 @@ class Entry:
 
     __slots__ = ("at", "fingerprint", "held", "keyed", "published", "result")
 
-    def __init__(self, fingerprint: bytes, keyed: bool) -> None:
-        self.at = time.monotonic()
+    def __init__(self, fingerprint: bytes, keyed: bool, at: float) -> None:
+        self.at = at
         self.fingerprint = fingerprint
         self.keyed = keyed
         self.held = False  # in the cache (its result's bytes counted)
@@ -51,7 +52,14 @@ def digest(*parts: bytes) -> bytes:
 class Dedup:
     """Recent commands by identity: the key if they have one, else topic and payload."""
 
-    def __init__(self, window: float, size: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        window: float,
+        size: int,
+        max_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
         self._window = window
         self._size = size
         self._max_bytes = max_bytes
@@ -80,7 +88,7 @@ class Dedup:
         entry = self._items.get(identity)
         if entry is None:
             return None
-        if time.monotonic() - entry.at > self._window:
+        if self._clock() - entry.at > self._window:
             self._forget(identity)
             return None
         if entry.fingerprint != fingerprint:
@@ -91,7 +99,7 @@ class Dedup:
 
     def begin(self, identity: bytes, keyed: bool, fingerprint: bytes) -> Entry:
         """Remember a command being carried out now."""
-        entry = Entry(fingerprint, keyed)
+        entry = Entry(fingerprint, keyed, self._clock())
         if self._size:
             self._forget(identity)
             self._items[identity] = entry

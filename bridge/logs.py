@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 
 import msgspec
@@ -68,14 +69,17 @@ class Budget:
     last one that went out, so the caller can say so once.
     """
 
-    __slots__ = ("_count", "_dropped", "_left", "_period", "_until")
+    __slots__ = ("_clock", "_count", "_dropped", "_left", "_period", "_until")
 
-    def __init__(self, count: int, period: float) -> None:
+    def __init__(
+        self, count: int, period: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
         self._count, self._period = count, period
         self._left, self._until, self._dropped = count, 0.0, 0
 
     def take(self) -> int | None:
-        now = time.monotonic()
+        now = self._clock()
         if now >= self._until:
             self._left, self._until = self._count, now + self._period
         if self._left <= 0:

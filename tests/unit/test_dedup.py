@@ -36,10 +36,9 @@ def test_without_a_key_only_a_broker_redelivery_matches() -> None:
     assert cache.earlier(identity, keyed, START, dup=True) is entry  # the broker's redelivery
 
 
-def test_entries_expire_after_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_entries_expire_after_the_window() -> None:
     now = [1000.0]
-    monkeypatch.setattr(dedup.time, "monotonic", lambda: now[0])
-    cache = Dedup(10, 100, 1 << 20)
+    cache = Dedup(10, 100, 1 << 20, clock=lambda: now[0])
     identity, keyed = Dedup.identity("t", "k", None, b"")
     cache.finished(cache.begin(identity, keyed, START), b"r")
     now[0] += 11

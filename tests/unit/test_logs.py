@@ -45,10 +45,9 @@ def test_text_format_is_readable(
     assert line.endswith("INFO    bridge.test [-] hello 5")
 
 
-def test_budget_drops_past_its_count_and_says_how_many(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_budget_drops_past_its_count_and_says_how_many() -> None:
     now = [100.0]
-    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
-    budget = logs.Budget(3, 60.0)
+    budget = logs.Budget(3, 60.0, clock=lambda: now[0])
     assert [budget.take() for _ in range(5)] == [0, 0, 0, None, None]
     now[0] += 61
     assert budget.take() == 2  # the first line of the new minute says two were dropped
