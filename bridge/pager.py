@@ -9,6 +9,7 @@ re-registered when dropped, with a fallback to polling `GET /v1/sessions` with a
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -62,6 +63,10 @@ class PagerService:
         self._settings = settings
         self._site = site
         self.tracker = SessionTracker(topics)
+        # Bodies of the latest replies to our own commands. The transmitter notifies observers
+        # of a change with the very body it answered with; such a notification is news to no
+        # one and is not decoded again (a notification shaped otherwise is folded as usual).
+        self._answered: collections.deque[bytes] = collections.deque(maxlen=16)
         self.breaker = CircuitBreaker(
             "pager",
             metrics,
@@ -155,6 +160,8 @@ class PagerService:
     ) -> t7470.Envelope:
         reply = await self._request(operation, method, path, query, body)
         envelope = _decode(reply)
+        if method != "GET":
+            self._answered.append(reply.payload)
         await self._fold(envelope, complete=complete)
         return envelope
 
@@ -285,6 +292,9 @@ class PagerService:
         return registered
 
     async def _notified(self, reply: CoapReply) -> None:
+        if reply.payload in self._answered:
+            self._metrics.child(self._metrics.pager_notifications, "change").inc()
+            return
         try:
             envelope = _decode(reply)
         except UpstreamError as exc:

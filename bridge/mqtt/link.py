@@ -20,8 +20,9 @@ the asyncio loop; this module is the session policy the bridge needs on top:
   `Overloaded`, counted in `iotbridge_outbound_dropped_total`). A PUBACK with a reason code of
   0x80 or more means *not delivered*: the future fails with `PublishRefused`, logged and counted
   in `iotbridge_mqtt_publish_refused_total`, never a silent success.
-- In-flight publishes follow the broker's Receive Maximum (MQTT 5; paho itself keeps its default
-  of 20 whatever the broker says, see `_connected`); past it they wait their turn in order.
+- In-flight publishes follow the broker's Receive Maximum (MQTT 5; 100 towards a 3.1.1 broker):
+  past it they wait in the link, in order, and go to paho as PUBACKs make room. paho's own
+  window is off: it ignores the broker's value and re-scans every message on each PUBACK.
 - Back-pressure reaches the socket: the handler is awaited for each command before the next is
   handed over, and when `receive_maximum` messages wait unhandled the link stops reading from
   the broker (nothing of ours awaits a PUBACK then, so nothing is starved of one).
@@ -64,8 +65,10 @@ BROKER_DROPPED: Final = "$SYS/broker/publish/messages/dropped"
 _NOT_AUTHORIZED: Final = frozenset({0x86, 0x87})
 # "Unsupported protocol version" (paho maps 3.1.1's 1 to it).
 _WRONG_PROTOCOL: Final = 0x84
-# paho's default in-flight window, kept for resends before the broker says what it allows.
-_PAHO_INFLIGHT: Final = 20
+# In-flight publishes towards an MQTT 3.1.1 broker, which cannot say what it allows.
+_WINDOW_311: Final = 100
+
+Held = tuple[str, bytes, bool, "Properties | None", "asyncio.Future[None]"]
 
 Handler = Callable[["Inbound"], Awaitable[None]]
 ConnectHook = Callable[[], Awaitable[None]]
@@ -196,6 +199,9 @@ class MqttLink:
         self._last_failure: str | None = None
         self._stopping = False
         self._pending: dict[int, asyncio.Future[None]] = {}  # our publishes awaiting PUBACK
+        # Publishes past the broker's Receive Maximum, in order, until PUBACKs make room.
+        self._held: deque[Held] = deque()
+        self._window = _WINDOW_311
         self._acks = self._acks_seen = 0
         self._progress_at = 0.0
         self._on_connect: list[ConnectHook] = []
@@ -234,7 +240,10 @@ class MqttLink:
         if address.websocket:
             client.ws_set_options(path=address.path)
         client.connect_timeout = settings.op_timeout  # bounds paho's WebSocket upgrade
-        client.max_queued_messages_set(self._buffer)
+        # paho's own window re-scans every unacknowledged message on each PUBACK and ignores the
+        # broker's Receive Maximum anyway (tests/adapter/test_mqtt_paho.py): the link keeps the
+        # window itself (`_window`, `_held`), and paho's is off.
+        client.max_inflight_messages_set(0)
         client.will_set(self._topics.bridge_state, models.OFFLINE, qos=1, retain=True)
         if address.username is not None or address.password is not None:
             client.username_pw_set(address.username, address.password)
@@ -286,9 +295,10 @@ class MqttLink:
                 attempt += 1
                 self._metrics.mqtt_reconnects.inc()
         finally:
-            for waiter in self._pending.values():
+            for waiter in [*self._pending.values(), *(held[4] for held in self._held)]:
                 waiter.cancel()
             self._pending.clear()
+            self._held.clear()
 
     def _report(self, exc: LinkError) -> None:
         """Count every failure; log it once until the link is up again or the reason changes
@@ -359,9 +369,6 @@ class MqttLink:
         client = self._client
         client.prepare(sock)
         answer: tuple[bool, ReasonCode, Properties | None] | None = None
-        # Resends of the last connection's publishes stay within paho's default window until
-        # this broker's CONNACK says how many it takes.
-        client._max_inflight_messages = min(client._max_inflight_messages, _PAHO_INFLIGHT)  # noqa: SLF001
         try:
             client.reconnect()
         except (OSError, paho.WebsocketConnectionError) as exc:
@@ -420,12 +427,10 @@ class MqttLink:
             else:
                 log.info("the broker had no session for %s: starting a new one", self.client_id)
         self._had_session = True
-        if self.v5:
-            # paho keeps its own default (20) whatever the broker allows, and refuses to change
-            # it on an open connection; the broker's Receive Maximum (65,535 when absent) is
-            # what MQTT 5 says to honour (tests/adapter/test_mqtt_paho.py shows both).
-            allowed = getattr(props, "ReceiveMaximum", 65535)
-            self._client._max_inflight_messages = allowed  # noqa: SLF001
+        # MQTT 5: the broker's Receive Maximum (65,535 when absent) bounds our unacknowledged
+        # publishes. The ones paho resends after a reconnect were within the last window.
+        self._window = getattr(props, "ReceiveMaximum", 65535) if self.v5 else _WINDOW_311
+        self._release()
 
     async def _set_up(self, conn: _Connection) -> None:
         """Subscribe (commands, watchers, broker facts) in one SUBSCRIBE, then publish online."""
@@ -586,6 +591,8 @@ class MqttLink:
     ) -> None:
         self._acks += 1
         waiter = self._pending.pop(mid, None)
+        if self._held:
+            self._release()
         if waiter is None or waiter.done():
             return
         if reason.is_failure:
@@ -602,7 +609,8 @@ class MqttLink:
             topic = message.topic
         except UnicodeDecodeError:
             topic = ""  # a broker bug: acknowledged and dropped below, it cannot be answered
-        if conn is None or conn.error is not None:
+        driver = self._driver
+        if conn is None or conn.error is not None or (driver is not None and driver.closing):
             return  # the connection is going: the broker redelivers it
         if not topic or self._watched(conn, topic, message):
             if message.qos:
@@ -610,9 +618,11 @@ class MqttLink:
             return
         inbox = conn.inbox
         inbox.append(Inbound(topic, message, conn.generation))
-        if len(inbox) >= self._receive_maximum and not self._pending:
-            assert self._driver is not None
-            self._driver.pause_reading()
+        # Pause only once the handler is being fed: during the set-up the SUBACK and PUBACK it
+        # waits for may sit behind the commands a resumed session delivers first.
+        full = len(inbox) >= self._receive_maximum
+        if full and conn.up and not self._pending and driver is not None:
+            driver.pause_reading()
         wakeup = conn.wakeup
         if wakeup is not None:
             conn.wakeup = None
@@ -700,21 +710,43 @@ class MqttLink:
         """
         if not is_publishable(topic):
             raise ValueError(f"refusing to publish to {topic!r}")
-        properties = None
-        if correlation is not None and self.v5:
-            properties = _properties(PacketTypes.PUBLISH)
-            properties.CorrelationData = correlation
-        info = self._client.publish(topic, payload, 1, retain, properties)
-        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+        if len(self._pending) + len(self._held) >= self._buffer:
             self._metrics.outbound_dropped.inc()
             raise Overloaded(
                 f"{self._buffer} messages already wait for the broker; message to {topic} not sent"
             )
+        properties = None
+        if correlation is not None and self.v5:
+            properties = _properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = correlation
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._held or len(self._pending) >= self._window:
+            self._held.append((topic, payload, retain, properties, waiter))
+        else:
+            self._hand_over(topic, payload, retain, properties, waiter)
+        return waiter
+
+    def _hand_over(
+        self,
+        topic: str,
+        payload: bytes,
+        retain: bool,
+        properties: Properties | None,
+        waiter: asyncio.Future[None],
+    ) -> None:
+        """To paho: written at once on a live connection, kept and resent after a reconnect."""
+        info = self._client.publish(topic, payload, 1, retain, properties)
         self._pending[info.mid] = waiter
         if self._driver is not None:
             self._driver.resume_reading()  # its PUBACK must be read
-        return waiter
+
+    def _release(self) -> None:
+        """Hand held publishes over as far as the window allows, in order."""
+        held, pending = self._held, self._pending
+        while held and len(pending) < self._window:
+            topic, payload, retain, properties, waiter = held.popleft()
+            if not waiter.done():  # its publisher may have given up meanwhile
+                self._hand_over(topic, payload, retain, properties, waiter)
 
 
 def _properties(packet_type: int) -> Properties:

@@ -477,3 +477,25 @@ async def test_an_http_server_on_the_broker_port_is_named_as_such(
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1, lines  # said once, however often it is retried
     assert "does not speak MQTT (its answer began with b'H')" in lines[0]
+
+
+async def test_a_pause_does_not_outlive_its_connection(broker: Mosquitto) -> None:
+    """Reading was paused (a full inbox) when the connection dropped: the next connection
+    reads again, or it would never see its CONNACK."""
+    metrics = Metrics()
+    link = MqttLink(link_settings(broker.port), Topics(), metrics, receive_maximum=5)
+    release = asyncio.Event()
+
+    async def stuck(_inbound: Inbound) -> None:
+        await release.wait()
+
+    async with Peer(broker.port) as peer, running(link, stuck):
+        assert peer._client is not None
+        for n in range(50):
+            await peer._client.publish(f"pager/{n + 1}/action", b"x", qos=0)
+        driver = link._driver
+        assert driver is not None
+        await until(lambda: driver._paused, 5)
+        driver.abort()
+        await until(lambda: metrics.mqtt_reconnects._value.get() >= 1 and link.ready, 10)
+        assert not driver._paused
