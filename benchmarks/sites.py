@@ -54,7 +54,7 @@ def fleet(stack: Stack, count: int) -> list[int]:
     for index, first in enumerate(range(0, count, PER_SIM_PROCESS)):
         size = min(PER_SIM_PROCESS, count - first)
         argv = [processes.PYTHON, "-m", "bridge", "sim", "pager", "--port", str(base + first)]
-        argv += ["--count", str(size), "--max-number", str(MAX_NUMBER)]
+        argv += ["--count", str(size), "--max-number", str(MAX_NUMBER), "--event-loop", "uvloop"]
         child = stack.add(Child(f"sim-{index}", argv, stack.logdir))
         processes.wait_udp_bound(child, base + first + size - 1, timeout=60)
     return ports

@@ -118,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     pager.add_argument(
         "--count", type=int, default=1, help="this many transmitters, on consecutive ports"
     )
+    pager.add_argument(
+        "--event-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="asyncio (aiocoap's udp6 transport: observers that vanish are dropped on the ICMP "
+        "error) or uvloop (cheaper, simplesocketserver: dropped after retransmissions)",
+    )
     sens = kinds.add_parser(
         "sensaphone",
         help="Sensaphone.net REST API over HTTP(S)",
@@ -214,7 +221,7 @@ def _sim(args: argparse.Namespace) -> int:
         coro = pager.serve(
             args.host, args.port, args.max_number, args.ping_interval, args.latency, args.count
         )
-        asyncio.run(coro)
+        run_loop(coro, args.event_loop)
         return 0
     from bridge.sim import sensaphone  # noqa: PLC0415
 
