@@ -60,7 +60,25 @@ _STATISTICS: Final = (
         "duration",
         None,
     ),
-    ("numSessions", "sessions", "Active sessions", "measurement", None, None, "mdi:pager"),
+    # The bridge's count of active sessions; the device's numSessions only ever grows.
+    (
+        "activeSessions",
+        "active_sessions",
+        "Active sessions",
+        "measurement",
+        None,
+        None,
+        "mdi:pager",
+    ),
+    (
+        "numSessions",
+        "sessions_started",
+        "Sessions started",
+        "total_increasing",
+        None,
+        None,
+        "mdi:counter",
+    ),
 )
 
 

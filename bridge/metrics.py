@@ -17,6 +17,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from bridge.t7470_read import as_number
+
 M = TypeVar("M", Counter, Gauge, Histogram)
 
 # Each counter and histogram would otherwise export a `_created` timestamp series as well: noise
@@ -130,6 +132,12 @@ class Metrics:
             )
             for field, name in PAGER_STATISTICS.items()
         }
+        self.pager_active_sessions = Gauge(
+            "iotbridge_pager_active_sessions",
+            "Sessions active on the transmitter, as the bridge tracks them",
+            ["site"],
+            registry=r,
+        )
         self.pager_notifications = Counter(
             "iotbridge_pager_notifications",
             "Observe notifications from the transmitter, by kind",
@@ -185,11 +193,12 @@ class Metrics:
         return found
 
     def set_pager_statistics(self, site: str, values: dict[str, Any]) -> None:
-        """The gauges of the statistics the transmitter reported (numbers only)."""
+        """The gauges of the statistics the transmitter reported (numbers, also as text)."""
         for field, value in values.items():
             gauge = self.pager_statistics.get(field)
-            if gauge is not None and isinstance(value, int | float) and not isinstance(value, bool):
-                self.child(gauge, site).set(value)
+            number = as_number(value)
+            if gauge is not None and number is not None:
+                self.child(gauge, site).set(number)
 
     def sensaphone_observer(self) -> SensaphoneMetrics:
         return SensaphoneMetrics(self)

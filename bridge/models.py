@@ -122,7 +122,8 @@ class SettingsChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     datetime: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     systemId: SystemId | None = None  # noqa: N815
     defaultTargetGoal: Goal | None = None  # noqa: N815
-    statisticsClearMark: Annotated[str, msgspec.Meta(max_length=64)] | None = None  # noqa: N815
+    # The hour of the day (0-24) at which the transmitter clears its statistics.
+    statisticsClearMark: Annotated[int, msgspec.Meta(ge=0, le=24)] | None = None  # noqa: N815
 
 
 class SetSettings(Command, frozen=True, tag="set_settings", kw_only=True):
@@ -214,6 +215,14 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     event: Literal["started", "paged", "cleared", "removed", "updated"]
     number: int
     session: t7470.Session
+
+
+class PagerStatistics(t7470.Statistics):
+    """Retained on `pager/statistics`: the transmitter's statistics as it sent them (fields it
+    adds pass through), plus the bridge's count of active sessions (`numSessions` is the
+    device's count of every session ever started)."""
+
+    activeSessions: int | None = None  # noqa: N815 - alongside the device's field names
 
 
 class BridgeState(msgspec.Struct, frozen=True):

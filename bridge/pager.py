@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from bridge import models, outbox, t7470
+from bridge import models, outbox, t7470, t7470_read
 from bridge.breaker import CircuitBreaker, CircuitOpen
 from bridge.coap import CoapReply, Transmitter
 from bridge.config import PagerSettings
@@ -32,6 +32,7 @@ from bridge.errors import (
 )
 from bridge.metrics import Metrics
 from bridge.sessions import Outbound, Publish, SessionTracker
+from bridge.t7470_read import Reply, Session
 from bridge.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -90,24 +91,24 @@ class PagerService:
                     partySize=command.partySize,
                     action="page" if command.page else None,
                 )
-                envelope = await self._call("start", "POST", SESSIONS, body=body)
+                reply = await self._call("start", "POST", SESSIONS, body=body)
             case models.Page() | models.Clear() | models.Remove():
                 action = command.__struct_config__.tag
                 mode = command.pageMode if isinstance(command, models.Page) else None
                 body = t7470.UpdateSession(action=str(action), pageMode=mode)
-                envelope = await self._call(str(action), "PUT", SESSIONS, query, body=body)
+                reply = await self._call(str(action), "PUT", SESSIONS, query, body=body)
             case models.Update():
                 if command.goal is None and command.label is None and command.partySize is None:
                     raise InvalidPayload("update needs at least one of goal, label, partySize")
                 body = t7470.UpdateSession(
                     goal=command.goal, label=command.label, partySize=command.partySize
                 )
-                envelope = await self._call("update", "PUT", SESSIONS, query, body=body)
+                reply = await self._call("update", "PUT", SESSIONS, query, body=body)
             case models.Delete():
-                envelope = await self._call("delete", "DELETE", SESSIONS, query)
+                reply = await self._call("delete", "DELETE", SESSIONS, query)
             case models.Get():
-                envelope = await self._call("get", "GET", SESSIONS, query)
-                return _one_session(envelope)
+                reply = await self._call("get", "GET", SESSIONS, query)
+                return _one_session(reply)
             case models.Alert():
                 body = t7470.StandalonePage(
                     number=number,
@@ -119,20 +120,20 @@ class PagerService:
                 return {"number": number, "paged": True}
             case _:
                 raise InvalidPayload(f"not a pager command: {type(command).__name__}")
-        return _one_session(envelope)
+        return _one_session(reply)
 
     async def execute_base(self, command: models.Command) -> Any:
         """Carry out a `pager/base/action` command; return the result's `data`."""
         match command:
             case models.ListSessions():
-                envelope = await self._call("list", "GET", SESSIONS, complete=True)
-                return {"sessions": envelope.sessions or [], "statistics": envelope.statistics}
+                reply = await self._call("list", "GET", SESSIONS, complete=True)
+                return {"sessions": _raw(reply.sessions), "statistics": reply.statistics}
             case models.ClearAll():
-                envelope = await self._call("clear_all", "DELETE", SESSIONS)
-                return {"cleared": envelope.sessions or []}
+                reply = await self._call("clear_all", "DELETE", SESSIONS)
+                return {"cleared": _raw(reply.sessions)}
             case models.History():
-                envelope = await self._call("history", "GET", HISTORY)
-                return {"history": envelope.session_history or []}
+                reply = await self._call("history", "GET", HISTORY)
+                return {"history": _raw(reply.history)}
             case models.ClearHistory():
                 await self._call("clear_history", "DELETE", HISTORY)
                 return {"cleared": True}
@@ -144,6 +145,8 @@ class PagerService:
                 return (await self._call("get_settings", "GET", SETTINGS)).settings
             case models.SetSettings():
                 body = t7470.Settings(**msgspec.structs.asdict(command.settings))
+                # msgspec leaves out the fields left unset (omit_defaults): the device sees
+                # only what the command changes.
                 return (await self._call("set_settings", "POST", SETTINGS, body=body)).settings
             case _:
                 raise InvalidPayload(f"not a base command: {type(command).__name__}")
@@ -157,13 +160,20 @@ class PagerService:
         *,
         body: t7470.Wire | None = None,
         complete: bool = False,
-    ) -> t7470.Envelope:
-        reply = await self._request(operation, method, path, query, body)
-        envelope = _decode(reply)
+    ) -> Reply:
+        coap = await self._request(operation, method, path, query, body)
+        try:
+            reply = t7470_read.read(coap.payload)
+        except t7470_read.Unreadable as exc:
+            # The device did what it was asked (2.xx): its unreadable answer must not turn that
+            # into an error. Said in the log and in the result; the state comes with the next
+            # notification or read.
+            log.warning("transmitter answered %s with an unreadable body: %s", coap.code, exc)
+            return Reply({"unreadable_reply": str(exc)})
         if method != "GET":
-            self._answered.append(reply.payload)
-        await self._fold(envelope, complete=complete)
-        return envelope
+            self._answered.append(coap.payload)
+        await self._fold(reply, complete=complete)
+        return reply
 
     async def _request(
         self,
@@ -229,34 +239,46 @@ class PagerService:
             metrics = self._metrics
             metrics.child(metrics.upstream_seconds, "pager", operation, outcome).observe(seconds)
 
-    async def _fold(self, envelope: t7470.Envelope, *, complete: bool = False) -> None:
+    async def _fold(self, reply: Reply, *, complete: bool = False) -> None:
         out: list[Outbound] = []
-        if envelope.sessions is not None:
+        sessions = reply.sessions
+        if sessions is not None:
             if complete:
-                out += await self._resolve_vanished(envelope.sessions)
-            out += self.tracker.apply(envelope.sessions, complete=complete)
+                out += await self._resolve_vanished(sessions)
+            refused = self.tracker.refused
+            out += self.tracker.apply(sessions, complete=complete)
             for name in self.tracker.events:
                 self._metrics.child(self._metrics.pager_events, name).inc()
-        if envelope.statistics is not None:
-            changed = self.tracker.statistics(envelope.statistics)
-            if changed:  # the gauges too only when they moved (every reply carries statistics)
-                out += changed
-                statistics = msgspec.structs.asdict(envelope.statistics)
-                self._metrics.set_pager_statistics(self._site, statistics)
+            if self.tracker.refused > refused:
+                log.warning(
+                    "transmitter reported %d session(s) with a number outside %s: not published",
+                    self.tracker.refused - refused,
+                    "the site's range",
+                )
+        # After the sessions: the published statistics count the active ones too.
+        changed = self.tracker.statistics(reply.statistics)
+        if changed:  # the gauges too only when they moved (every reply carries statistics)
+            out += changed
+            if reply.statistics is not None:
+                self._metrics.set_pager_statistics(self._site, reply.statistics)
+            self._metrics.child(self._metrics.pager_active_sessions, self._site).set(
+                len(self.tracker.active)
+            )
         if out:
             await outbox.send(self._publish(out))
 
-    async def _resolve_vanished(self, sessions: Iterable[t7470.Session]) -> list[Outbound]:
+    async def _resolve_vanished(self, sessions: Iterable[Session]) -> list[Outbound]:
         """Sessions gone from a full list ended while unobserved: history says how."""
         gone = self.tracker.vanished(sessions)
         if not gone:
             return []
         ids = {self.tracker.active[n].id for n in gone}
         try:
-            history = _decode(await self._request("history", "GET", HISTORY, None, None))
-        except BridgeError:
+            coap = await self._request("history", "GET", HISTORY, None, None)
+            history = t7470_read.read(coap.payload).history or []
+        except (BridgeError, t7470_read.Unreadable):
             return []  # the caller still ends them, as "cleared"
-        ended = [s for s in history.session_history or [] if s.id in ids]
+        ended = [s for s in history if s.id in ids]
         out = self.tracker.apply(ended)
         for name in self.tracker.events:
             self._metrics.pager_events.labels(name).inc()
@@ -291,20 +313,19 @@ class PagerService:
             await asyncio.sleep(self._settings.poll_interval)
         return registered
 
-    async def _notified(self, reply: CoapReply) -> None:
-        if reply.payload in self._answered:
+    async def _notified(self, coap: CoapReply) -> None:
+        if coap.payload in self._answered:
             self._metrics.child(self._metrics.pager_notifications, "change").inc()
             return
         try:
-            envelope = _decode(reply)
-        except UpstreamError as exc:
-            log.warning("unreadable notification from the transmitter: %s", exc.message)
+            reply = t7470_read.read(coap.payload)
+        except t7470_read.Unreadable as exc:
+            log.warning("unreadable notification from the transmitter: %s", exc)
             self._metrics.pager_notifications.labels("invalid").inc()
             return
-        kinds = envelope.responseTypes or []
-        kind = "ping" if "ping" in kinds else "change"
+        kind = "ping" if reply.is_ping else "change"
         self._metrics.child(self._metrics.pager_notifications, kind).inc()
-        await self._fold(envelope)
+        await self._fold(reply)
 
     async def _sync(self) -> None:
         """Read the full list once (after (re)registering, changes may have been missed)."""
@@ -317,28 +338,20 @@ class PagerService:
         end = None if duration is None else time.monotonic() + duration
         while end is None or time.monotonic() < end:
             try:
-                reply = await self._request("poll", "GET", SESSIONS, None, None, etag)
-                if reply.code != "2.03":
-                    etag = reply.etag
-                    await self._fold(_decode(reply), complete=True)
+                coap = await self._request("poll", "GET", SESSIONS, None, None, etag)
+                if coap.code != "2.03":
+                    etag = coap.etag
+                    await self._fold(t7470_read.read(coap.payload), complete=True)
             except BridgeError as exc:
                 log.debug("poll of the transmitter failed: %s", exc.message)
+            except t7470_read.Unreadable as exc:
+                log.warning("unreadable session list from the transmitter: %s", exc)
             await asyncio.sleep(self._settings.poll_interval)
 
     def _set_mode(self, mode: str) -> None:
         for each in ("observe", "poll"):
             gauge = self._metrics.child(self._metrics.pager_watch_mode, self._site, each)
             gauge.set(1 if each == mode else 0)
-
-
-def _decode(reply: CoapReply) -> t7470.Envelope:
-    try:
-        return t7470.decode_envelope(reply.payload)
-    except msgspec.DecodeError as exc:
-        raise UpstreamError(
-            f"transmitter sent an unreadable reply ({reply.code}): {exc}",
-            detail={"coap_code": reply.code},
-        ) from exc
 
 
 def _device_error(reply: CoapReply) -> UpstreamError:
@@ -352,6 +365,14 @@ def _device_error(reply: CoapReply) -> UpstreamError:
     return UpstreamError(text, detail={"coap_code": reply.code, "body": body})
 
 
-def _one_session(envelope: t7470.Envelope) -> Any:
-    sessions = envelope.sessions or []
-    return {"session": sessions[0] if sessions else None, "statistics": envelope.statistics}
+def _raw(sessions: list[Session] | None) -> list[dict[str, Any]]:
+    return [session.raw for session in sessions or []]
+
+
+def _one_session(reply: Reply) -> Any:
+    """A command's data: the first session the device answered with, and the statistics."""
+    sessions = reply.sessions or []
+    data = {"session": sessions[0].raw if sessions else None, "statistics": reply.statistics}
+    if "unreadable_reply" in reply.raw:
+        data["unreadable_reply"] = reply.raw["unreadable_reply"]
+    return data

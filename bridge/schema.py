@@ -23,7 +23,7 @@ DOCUMENTS: dict[str, tuple[Any, str]] = {
     "result.json": (models.Result, "Result on <command topic>/result"),
     "pager-event.json": (models.Event, "Event on pager/<number>/event"),
     "pager-session.json": (t7470.Session, "Retained pager/<number>/session"),
-    "pager-statistics.json": (t7470.Statistics, "Retained pager/statistics"),
+    "pager-statistics.json": (models.PagerStatistics, "Retained pager/statistics"),
     "schedule-timeranges.json": (models.ScheduleRanges, "Retained schedule/<id>/timeranges"),
     "bridge-state.json": (models.BridgeState, "Retained bridge/state"),
     "bridge-deadletter.json": (models.DeadLetter, "bridge/deadletter"),

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-import msgspec
-
-from bridge import t7470
-from bridge.models import ENCODER, Event
+from bridge.models import ENCODER
+from bridge.t7470_read import COMPARED, Session
 from bridge.topics import Topics
 
 EventName = Literal["started", "paged", "cleared", "removed", "updated"]
 _ENDED_MEMORY = 4096
-_FIELDS = ("label", "goalInSeconds", "partySize")
 
 
 class Outbound(NamedTuple):
@@ -35,37 +32,44 @@ Publish = Callable[[list[Outbound]], Awaitable[object]]
 
 
 class SessionTracker:
-    """What the bridge believes is active on one transmitter, and what it has published."""
+    """What the bridge believes is active on one transmitter, and what it has published.
+
+    Sessions are the device's own JSON (`Session.raw`), published as they came; the tracker
+    reads only the few fields `bridge.t7470_read` names. A session whose number is not one this
+    site serves never becomes a topic (`refused` counts them): the device's values are data.
+    """
 
     def __init__(self, topics: Topics) -> None:
         self._topics = topics
-        self.active: dict[int, t7470.Session] = {}
+        self.active: dict[int, Session] = {}
         # Ids of sessions whose end was already published (bounded: oldest forgotten first).
-        self._ended: OrderedDict[int, None] = OrderedDict()
-        self._statistics: bytes | None = None
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._statistics: dict[str, Any] | None = None
+        self._published_statistics: bytes | None = None
         self.events: list[EventName] = []  # names of events produced by the last apply()
+        self.refused = 0  # sessions skipped for a number outside the site's range
 
-    def apply(self, sessions: Iterable[t7470.Session], *, complete: bool = False) -> list[Outbound]:
+    def apply(self, sessions: Iterable[Session], *, complete: bool = False) -> list[Outbound]:
         """Fold reported sessions in. `complete` means the list is every active session."""
         out: list[Outbound] = []
         self.events = []
         seen: set[int] = set()
         for session in sessions:
             number = session.number
-            if number is None:
+            if number is None or not self._topics.is_pager_number(number):
+                self.refused += 1
                 continue
             seen.add(number)
-            if session.state == "cleared" or session.clearType is not None:
+            if session.ended:
                 self._end(number, session, out)
             else:
                 self._update(number, session, out)
         if complete:
             for number in [n for n in self.active if n not in seen]:
-                gone = self.active[number]
-                self._end(number, msgspec.structs.replace(gone, state="cleared"), out)
+                self._end(number, self.active[number].ended_as(), out)
         return out
 
-    def vanished(self, sessions: Iterable[t7470.Session]) -> list[int]:
+    def vanished(self, sessions: Iterable[Session]) -> list[int]:
         """Numbers tracked as active that a complete list no longer holds."""
         present = {s.number for s in sessions}
         return [n for n in self.active if n not in present]
@@ -76,26 +80,31 @@ class SessionTracker:
         Republished after every reconnect, in case the broker lost its retained store.
         """
         out = [
-            Outbound(self._topics.pager_session(number), ENCODER.encode(session), True)
+            Outbound(self._topics.pager_session(number), ENCODER.encode(session.raw), True)
             for number, session in self.active.items()
         ]
-        if self._statistics is not None:
-            out.append(Outbound(self._topics.statistics, self._statistics, True))
+        if self._published_statistics is not None:
+            out.append(Outbound(self._topics.statistics, self._published_statistics, True))
         return out
 
-    def statistics(self, statistics: t7470.Statistics | None) -> list[Outbound]:
-        """Retained `pager/statistics`, only when it changed."""
-        if statistics is None:
+    def statistics(self, statistics: dict[str, Any] | None) -> list[Outbound]:
+        """Retained `pager/statistics`, only when it changed: the device's statistics as it
+        sent them (the latest it sent, when this reply had none), plus `activeSessions`, the
+        number of active sessions the bridge tracks (the device's `numSessions` counts every
+        session ever started)."""
+        if statistics is not None:
+            self._statistics = statistics
+        if self._statistics is None:
             return []
-        payload = ENCODER.encode(statistics)
-        if payload == self._statistics:
+        payload = ENCODER.encode({**self._statistics, "activeSessions": len(self.active)})
+        if payload == self._published_statistics:
             return []
-        self._statistics = payload
+        self._published_statistics = payload
         return [Outbound(self._topics.statistics, payload, True)]
 
-    def _update(self, number: int, session: t7470.Session, out: list[Outbound]) -> None:
+    def _update(self, number: int, session: Session, out: list[Outbound]) -> None:
         previous = self.active.get(number)
-        if previous == session:
+        if previous is not None and previous.raw == session.raw:
             return
         if _older(session, previous):
             return
@@ -105,17 +114,18 @@ class SessionTracker:
             if session.state == "paged":
                 names.append("paged")
         elif session.state == "paged" and (
-            previous.state != "paged" or previous.notified != session.notified
+            previous.state != "paged" or previous.raw.get("notified") != session.raw.get("notified")
         ):
             names.append("paged")
-        elif any(getattr(previous, f) != getattr(session, f) for f in _FIELDS):
+        elif any(previous.raw.get(f) != session.raw.get(f) for f in COMPARED):
             names.append("updated")
         self.active[number] = session
-        out.append(Outbound(self._topics.pager_session(number), ENCODER.encode(session), True))
+        payload = ENCODER.encode(session.raw)
+        out.append(Outbound(self._topics.pager_session(number), payload, True))
         for name in names:
             self._event(name, number, session, out)
 
-    def _end(self, number: int, session: t7470.Session, out: list[Outbound]) -> None:
+    def _end(self, number: int, session: Session, out: list[Outbound]) -> None:
         previous = self.active.get(number)
         if (
             previous is not None
@@ -133,19 +143,18 @@ class SessionTracker:
             while len(self._ended) > _ENDED_MEMORY:
                 self._ended.popitem(last=False)
         out.append(Outbound(self._topics.pager_session(number), b"", True))
-        name: EventName = "removed" if session.clearType == "REMOVED" else "cleared"
+        name: EventName = "removed" if session.clear_type == "REMOVED" else "cleared"
         self._event(name, number, session, out)
 
-    def _event(
-        self, name: EventName, number: int, session: t7470.Session, out: list[Outbound]
-    ) -> None:
+    def _event(self, name: EventName, number: int, session: Session, out: list[Outbound]) -> None:
         self.events.append(name)
-        payload = ENCODER.encode(Event(event=name, number=number, session=session))
+        # The shape of models.Event, with the session as the device sent it.
+        payload = ENCODER.encode({"event": name, "number": number, "session": session.raw})
         out.append(Outbound(self._topics.pager_event(number), payload, False))
 
 
-def _older(session: t7470.Session, previous: t7470.Session | None) -> bool:
+def _older(session: Session, previous: Session | None) -> bool:
     """True if `session` is a stale report (its sequence is behind what we already have)."""
-    if previous is None or session.sessionSequence is None or previous.sessionSequence is None:
+    if previous is None or session.sequence is None or previous.sequence is None:
         return False
-    return session.sessionSequence < previous.sessionSequence
+    return session.sequence < previous.sequence

@@ -1,8 +1,10 @@
 """Wire models of the LRS T7470 CoAP API (paging-systems.readme.io v1.2).
 
-Shared by the bridge's CoAP client side and by the simulator, so both speak exactly one dialect.
+The request bodies the bridge sends, and the device's documented reply shapes, which the simulator
+answers with and the JSON Schemas of `pager/<number>/session` and `pager/statistics` describe.
 The documentation says every envelope field may be absent, so every field here is optional.
-Field names are the device's own camelCase; unknown fields are tolerated (firmware may add some).
+Field names are the device's own camelCase. The bridge does not decode replies into these types:
+it reads them tolerantly (`bridge.t7470_read`), since a real device may differ from the docs.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class Settings(Wire):
     datetime: str | None = None
     systemId: int | None = None  # noqa: N815
     defaultTargetGoal: int | None = None  # noqa: N815
-    statisticsClearMark: str | None = None  # noqa: N815
+    # The hour of the day (0-24) at which the device clears its statistics: a number.
+    statisticsClearMark: int | None = None  # noqa: N815
 
 
 class Envelope(Wire):
@@ -94,16 +97,8 @@ class StandalonePage(Wire):
 
 
 ENCODER = msgspec.json.Encoder()
-ENVELOPE_DECODER = msgspec.json.Decoder(Envelope)
 
 
 def encode(body: Wire) -> bytes:
     """Compact JSON: no whitespace outside strings, as the device requires."""
     return ENCODER.encode(body)
-
-
-def decode_envelope(payload: bytes) -> Envelope:
-    """Decode a device reply; an empty payload is an empty envelope."""
-    if not payload:
-        return Envelope()
-    return ENVELOPE_DECODER.decode(payload)

@@ -81,7 +81,9 @@ class PagerDevice:
     max_number: int = 999
     history_limit: int = 1000
     settings: t7470.Settings = field(
-        default_factory=lambda: t7470.Settings(systemId=1, defaultTargetGoal=300)
+        default_factory=lambda: t7470.Settings(
+            systemId=1, defaultTargetGoal=300, statisticsClearMark=4
+        )
     )
     sequence: int = 0
     # Bumped on every change of what GET /v1/sessions returns; the ETag is derived from it.
@@ -221,7 +223,6 @@ class PagerDevice:
 
     def clear_statistics(self) -> t7470.Statistics:
         self._stats = _Stats()
-        self.settings.statisticsClearMark = timestamp(self.now())
         self.version += 1
         return self.statistics()
 
@@ -231,6 +232,9 @@ class PagerDevice:
     def update_settings(self, body: t7470.Settings) -> t7470.Settings:
         if body.defaultTargetGoal is not None and body.defaultTargetGoal < 0:
             raise DeviceError("4.00", "defaultTargetGoal must not be negative")
+        mark = body.statisticsClearMark
+        if mark is not None and not 0 <= mark <= 24:
+            raise DeviceError("4.00", "statisticsClearMark is an hour of the day, 0 to 24")
         if body.datetime is not None:
             try:
                 wanted = dt.datetime.fromisoformat(body.datetime)

@@ -138,7 +138,7 @@ def test_devices_bridge_transmitter_and_sensaphone() -> None:
     transmitter = found["pager_66_page"][1]["device"]
     assert transmitter["model"] == "T7470"
     assert transmitter["via_device"] == "iotbridge_site-1"
-    assert found["sessions"][1]["device"] == transmitter
+    assert found["active_sessions"][1]["device"] == transmitter
     assert found["schedule_28487_timeranges"][1]["device"]["via_device"] == "iotbridge_site-1"
 
 
@@ -149,7 +149,8 @@ def test_statistics_sensors() -> None:
         "percent_late": ("measurement", "%"),
         "percent_on_time": ("measurement", "%"),
         "average_time_served": ("measurement", "s"),
-        "sessions": ("measurement", None),
+        "active_sessions": ("measurement", None),
+        "sessions_started": ("total_increasing", None),
     }
     for object_id, (state_class, unit) in expected.items():
         component, payload = found[object_id]
@@ -211,7 +212,8 @@ def test_nothing_per_pager_or_schedule_when_none_configured() -> None:
         "percent_late",
         "percent_on_time",
         "average_time_served",
-        "sessions",
+        "active_sessions",
+        "sessions_started",
     }
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from bridge import t7470
 from bridge.sessions import Outbound, SessionTracker
+from bridge.t7470_read import Session
 from bridge.topics import Topics
 
 
-def session(state: str, seq: int, **fields: object) -> t7470.Session:
-    base: dict[str, object] = {"id": 48, "number": 66, "sessionSequence": seq, "label": "Sarah"}
-    return t7470.Session(state=state, **(base | fields))  # type: ignore[arg-type]
+def session(state: str, seq: int, **fields: Any) -> Session:
+    base: dict[str, Any] = {"id": 48, "sessionSequence": seq, "number": 66, "label": "Sarah"}
+    return Session({**base, "state": state, **fields})
 
 
 def events(out: list[Outbound]) -> list[str]:
@@ -42,6 +43,40 @@ def test_lifecycle_publishes_events_and_retained_state() -> None:
             "clearType": "STOP",
         },
     }
+
+
+def test_sessions_are_published_as_the_device_sent_them() -> None:
+    """Unknown fields and retyped ones pass through unchanged; numbers written as text are
+    read as numbers where the bridge computes with them."""
+    tracker = SessionTracker(Topics())
+    raw = {
+        "id": "48",
+        "number": "66",
+        "sessionSequence": "3",
+        "state": "started",
+        "partySize": "4",
+        "vipLevel": {"tier": 2},
+    }
+    out = tracker.apply([Session(raw)])
+    assert events(out) == ["started"]
+    retained = next(o for o in out if o.topic == "pager/66/session")
+    assert json.loads(retained.payload) == raw
+    # Same session, id now a number, an older sequence: stale, not a new session.
+    assert tracker.apply([Session({**raw, "id": 48, "sessionSequence": 2})]) == []
+
+
+def test_numbers_the_site_does_not_serve_never_become_topics() -> None:
+    tracker = SessionTracker(Topics(max_number=999))
+    odd = [
+        session("started", 1, number=0),
+        session("started", 1, number=-7),
+        session("started", 1, number=18446744073709551615),
+        session("started", 1, number="abc"),
+        session("started", 1, number=True),
+        session("started", 1, number=1200),
+    ]
+    assert tracker.apply(odd) == []
+    assert tracker.refused == 6
 
 
 def test_same_change_reported_twice_is_one_event() -> None:
@@ -76,15 +111,29 @@ def test_complete_list_ends_missing_sessions() -> None:
 
 def test_statistics_only_when_changed() -> None:
     tracker = SessionTracker(Topics("x"))
-    stats = t7470.Statistics(guestsServed=1, numSessions=2)
-    assert [o.topic for o in tracker.statistics(stats)] == ["x/pager/statistics"]
+    stats = {"guestsServed": 1, "numSessions": 2, "firmwareCounter": "7"}
+    (published,) = tracker.statistics(stats)
+    assert published.topic == "x/pager/statistics"
+    assert json.loads(published.payload) == {**stats, "activeSessions": 0}
     assert tracker.statistics(stats) == []
+    assert tracker.statistics(None) == []  # a reply without statistics changes nothing
+
+
+def test_active_sessions_count_the_active_list_not_every_session_ever() -> None:
+    tracker = SessionTracker(Topics())
+    tracker.statistics({"numSessions": 5})
+    tracker.apply([session("started", 1)])
+    (after_start,) = tracker.statistics(None)  # the count moved: published again
+    assert json.loads(after_start.payload)["activeSessions"] == 1
+    tracker.apply([session("cleared", 2, clearType="STOP")])
+    (after_clear,) = tracker.statistics({"numSessions": 5})
+    assert json.loads(after_clear.payload) == {"numSessions": 5, "activeSessions": 0}
 
 
 def test_retained_snapshot_for_republishing() -> None:
     tracker = SessionTracker(Topics())
     tracker.apply([session("started", 1)])
-    tracker.statistics(t7470.Statistics(numSessions=1))
+    tracker.statistics({"numSessions": 1})
     assert [(o.topic, o.retain) for o in tracker.retained()] == [
         ("pager/66/session", True),
         ("pager/statistics", True),
