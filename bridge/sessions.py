@@ -46,6 +46,7 @@ class SessionTracker:
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._statistics: dict[str, Any] | None = None
         self._published_statistics: bytes | None = None
+        self._published_from: tuple[dict[str, Any] | None, int] = (None, 0)
         self.events: list[EventName] = []  # names of events produced by the last apply()
         self.refused = 0  # sessions skipped for a number outside the site's range
 
@@ -94,11 +95,12 @@ class SessionTracker:
         session ever started)."""
         if statistics is not None:
             self._statistics = statistics
-        if self._statistics is None:
+        current = (self._statistics, len(self.active))
+        # Nearly every reply carries statistics, mostly unchanged: compared before encoded.
+        if self._statistics is None or current == self._published_from:
             return []
+        self._published_from = current
         payload = ENCODER.encode({**self._statistics, "activeSessions": len(self.active)})
-        if payload == self._published_statistics:
-            return []
         self._published_statistics = payload
         return [Outbound(self._topics.statistics, payload, True)]
 
