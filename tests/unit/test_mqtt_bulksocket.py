@@ -28,19 +28,19 @@ def test_reads_and_writes_in_bulk() -> None:
     with left, right:
         counting = Counting(left)
         bulk = BulkSocket(counting)  # type: ignore[arg-type]
-        # paho reads a packet as: first byte, remaining length, the rest; three packets here.
-        right.sendall(b"\x40\x02\x00\x01" * 3)
+        # paho reads each packet as 1 byte, 1 byte, then the rest: three 4-byte reads here.
+        right.sendall(b"abcd" * 3)
         reads = [bulk.recv(size) for _ in range(3) for size in (1, 1, 2)]
-        assert b"".join(reads) == b"\x40\x02\x00\x01" * 3
+        assert b"".join(reads) == b"abcd" * 3
         assert counting.recvs == 1
         assert bulk.pending() == 0
         # paho writes each packet with its own send(); they leave together on flush().
-        for n in range(4):
-            assert bulk.send(bytes([0x40, 0x02, 0x00, n])) == 4
+        for chunk in (b"one", b"two", b"three", b"four"):
+            assert bulk.send(chunk) == len(chunk)
         assert counting.sends == 0
         assert bulk.flush()
         assert counting.sends == 1
-        assert right.recv(100) == b"".join(bytes([0x40, 0x02, 0x00, n]) for n in range(4))
+        assert right.recv(100) == b"onetwothreefour"
 
 
 def test_a_closed_peer_reads_as_closed() -> None:
