@@ -146,7 +146,8 @@ class Metrics:
         )
         self.pager_watch_mode = Gauge(
             "iotbridge_pager_watch_mode",
-            "How changes are followed: 1 for the active mode (observe or poll)",
+            "How changes are followed: 1 for the active mode (observe, poll, or standby: "
+            "another replica observes)",
             ["site", "mode"],
             registry=r,
         )

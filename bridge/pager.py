@@ -31,6 +31,7 @@ from bridge.errors import (
     UpstreamUnavailable,
 )
 from bridge.metrics import Metrics
+from bridge.observer import ObserverClaim
 from bridge.sessions import Outbound, Publish, SessionTracker
 from bridge.t7470_read import Reply, Session
 from bridge.topics import Topics
@@ -57,8 +58,11 @@ class PagerService:
         settings: PagerSettings,
         *,
         site: str = "default",
+        claim: ObserverClaim | None = None,
     ) -> None:
         self._tx = transmitter
+        # With replicas, only the holder of the observer claim observes and publishes events.
+        self._claim = claim
         self._publish = publish
         self._metrics = metrics
         self._settings = settings
@@ -240,11 +244,20 @@ class PagerService:
             metrics.child(metrics.upstream_seconds, "pager", operation, outcome).observe(seconds)
 
     async def _fold(self, reply: Reply, *, complete: bool = False) -> None:
+        sessions = reply.sessions
+        out = await self._resolve_vanished(sessions) if complete and sessions is not None else []
+        out += self._changes(reply, complete)
+        if self._claim is not None and not self._claim.holding:
+            # A standby: the observing replica publishes the events of every change (it sees
+            # them in its notifications); the retained state and results go out from here.
+            out = [o for o in out if o.retain]
+        if out:
+            await outbox.send(self._publish(out))
+
+    def _changes(self, reply: Reply, complete: bool) -> list[Outbound]:
         out: list[Outbound] = []
         sessions = reply.sessions
         if sessions is not None:
-            if complete:
-                out += await self._resolve_vanished(sessions)
             refused = self.tracker.refused
             out += self.tracker.apply(sessions, complete=complete)
             for name in self.tracker.events:
@@ -264,8 +277,7 @@ class PagerService:
             self._metrics.child(self._metrics.pager_active_sessions, self._site).set(
                 len(self.tracker.active)
             )
-        if out:
-            await outbox.send(self._publish(out))
+        return out
 
     async def _resolve_vanished(self, sessions: Iterable[Session]) -> list[Outbound]:
         """Sessions gone from a full list ended while unobserved: history says how."""
@@ -287,7 +299,28 @@ class PagerService:
     # -- following changes made by anyone --------------------------------------------------
 
     async def watch(self) -> None:
-        """Follow the transmitter forever: Observe when it offers it, polling otherwise."""
+        """Follow the transmitter forever: Observe when it offers it, polling otherwise. With
+        an observer claim (replicas), only while this replica holds it."""
+        claim = self._claim
+        if claim is None:
+            await self._follow()
+            return
+        while True:
+            await claim.wait(holding=True)
+            follow = asyncio.create_task(self._follow(), name="pager-follow")
+            await claim.wait(holding=False)
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
+            self._set_mode("standby")
+
+    def learn(self, topic: str, payload: bytes) -> None:
+        """A retained session another replica published (standbys only), so that on taking
+        over this replica knows what was active and can tell what ended meanwhile."""
+        if self._claim is not None and not self._claim.holding:
+            self.tracker.learn(topic, payload)
+
+    async def _follow(self) -> None:
         while True:
             observed = False
             if self._settings.observe:
@@ -349,7 +382,7 @@ class PagerService:
             await asyncio.sleep(self._settings.poll_interval)
 
     def _set_mode(self, mode: str) -> None:
-        for each in ("observe", "poll"):
+        for each in ("observe", "poll", "standby"):
             gauge = self._metrics.child(self._metrics.pager_watch_mode, self._site, each)
             gauge.set(1 if each == mode else 0)
 

@@ -13,11 +13,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, NamedTuple
 
+import msgspec
+
 from bridge.models import ENCODER
 from bridge.t7470_read import COMPARED, Session
 from bridge.topics import Topics
 
 EventName = Literal["started", "paged", "cleared", "removed", "updated"]
+_DECODE = msgspec.json.Decoder().decode
 _ENDED_MEMORY = 4096
 
 
@@ -69,6 +72,22 @@ class SessionTracker:
             for number in [n for n in self.active if n not in seen]:
                 self._end(number, self.active[number].ended_as(), out)
         return out
+
+    def learn(self, topic: str, payload: bytes) -> None:
+        """Take a retained session another replica published as what is active, silently (no
+        event, nothing published): a standby's knowledge for when it takes over."""
+        number = self._topics.session_number(topic)
+        if number is None:
+            return
+        if not payload:
+            self.active.pop(number, None)
+            return
+        try:
+            raw = _DECODE(payload)
+        except (msgspec.DecodeError, RecursionError):
+            return
+        if isinstance(raw, dict):
+            self.active[number] = Session(raw)
 
     def vanished(self, sessions: Iterable[Session]) -> list[int]:
         """Numbers tracked as active that a complete list no longer holds."""

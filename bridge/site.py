@@ -19,6 +19,7 @@ from bridge.errors import BridgeError, InvalidPayload
 from bridge.homeassistant import HomeAssistant
 from bridge.metrics import Metrics
 from bridge.mqtt import MqttLink
+from bridge.observer import ObserverClaim
 from bridge.pager import PagerService
 from bridge.routing import Request, Router
 from bridge.schedules import ScheduleService
@@ -51,9 +52,24 @@ class Site:
             timeout=settings.pager.timeout,
             rotate_after=settings.pager.rotate_after,
         )
+        # Replicas sharing the site's commands agree on one observer of the transmitter.
+        self.claim: ObserverClaim | None = None
+        if settings.mqtt.shared_group:
+            self.claim = ObserverClaim(
+                self.topics.observer, self.link.client_id, self._publish_claim, self._link_up
+            )
         self.pager = PagerService(
-            self.transmitter, self.publish_all, self.topics, metrics, settings.pager, site=name
+            self.transmitter,
+            self.publish_all,
+            self.topics,
+            metrics,
+            settings.pager,
+            site=name,
+            claim=self.claim,
         )
+        if self.claim is not None:
+            self.link.watch(self.topics.observer, self.claim.message)
+            self.link.watch(self.topics.pager_sessions, self.pager.learn)
         self.sensaphone = SensaphoneClient(
             settings.sensaphone, metrics=metrics.sensaphone_observer()
         )
@@ -92,6 +108,14 @@ class Site:
             log.warning("retained state not republished after reconnect: %s", exc.message)
         await self.schedules.refresh()
 
+    def _publish_claim(
+        self, topic: str, payload: bytes, retain: bool, expiry: int | None
+    ) -> Awaitable[object]:
+        return self.link.publish_soon(topic, payload, retain=retain, expiry=expiry)
+
+    def _link_up(self) -> bool:
+        return self.link.ready
+
     def publish_all(self, out: list[Outbound]) -> Awaitable[object]:
         """Start publishing `out`, in order, now; await the result for every PUBACK."""
         link = self.link
@@ -100,17 +124,23 @@ class Site:
         )
 
     def start_loops(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
-        return [
+        loops = [
             group.create_task(
                 self.link.run(self.dispatcher.submit),
                 name=f"mqtt-{self.name}",
             ),
             group.create_task(self.pager.watch(), name=f"pager-watch-{self.name}"),
         ]
+        if self.claim is not None:
+            loops.append(group.create_task(self.claim.run(), name=f"observer-{self.name}"))
+        return loops
 
     async def drain(self) -> bool:
-        """Stop taking commands and let those in flight finish; False if the deadline passed."""
+        """Stop taking commands and let those in flight finish; False if the deadline passed.
+        The observer claim is released first, so a standby takes over at once."""
         self.link.stop_intake()
+        if self.claim is not None:
+            await self.claim.release()
         return await self.dispatcher.drain(self.settings.limits.drain_timeout)
 
     async def close(self) -> None:

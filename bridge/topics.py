@@ -69,6 +69,7 @@ class Topics:
         "_schedule_prefix",
         "bridge_state",
         "deadletter",
+        "observer",
         "prefix",
         "statistics",
     )
@@ -81,6 +82,8 @@ class Topics:
         self._min_number, self._max_number = min_number, max_number
         self.bridge_state = f"{root}bridge/state"
         self.deadletter = f"{root}bridge/deadletter"
+        # Replicas sharing a site: the retained claim of the one that observes the transmitter.
+        self.observer = f"{root}bridge/observer"
         self.statistics = f"{root}pager/statistics"
         # Per-number topics are built once: pager numbers are few and reused constantly.
         self._cache: dict[tuple[str, int], str] = {}
@@ -145,6 +148,21 @@ class Topics:
 
     def pager_session(self, number: int) -> str:
         return self._pager(number, "session")
+
+    @property
+    def pager_sessions(self) -> str:
+        """The filter of every retained session topic."""
+        return f"{self._pager_prefix}+/session"
+
+    def session_number(self, topic: str) -> int | None:
+        """The pager number of a `pager/<number>/session` topic of this site, else None."""
+        if not topic.startswith(self._pager_prefix) or not topic.endswith("/session"):
+            return None
+        middle = topic[len(self._pager_prefix) : -len("/session")]
+        if not (middle.isascii() and middle.isdigit()) or len(middle) > 10:
+            return None
+        number = int(middle)
+        return number if self.is_pager_number(number) else None
 
     def pager_event(self, number: int) -> str:
         return self._pager(number, "event")

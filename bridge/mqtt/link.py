@@ -690,9 +690,12 @@ class MqttLink:
         *,
         retain: bool = False,
         correlation: bytes | None = None,
+        expiry: int | None = None,
     ) -> None:
         """Publish at QoS 1 and wait for the broker's PUBACK, across reconnects."""
-        await self.publish_soon(topic, payload, retain=retain, correlation=correlation)
+        await self.publish_soon(
+            topic, payload, retain=retain, correlation=correlation, expiry=expiry
+        )
 
     def publish_soon(
         self,
@@ -701,9 +704,11 @@ class MqttLink:
         *,
         retain: bool = False,
         correlation: bytes | None = None,
+        expiry: int | None = None,
     ) -> asyncio.Future[None]:
         """Hand a QoS 1 publish to paho now (written in this loop iteration, after those of
-        earlier calls, when the link is up); the future completes with its PUBACK.
+        earlier calls, when the link is up); the future completes with its PUBACK. `expiry`
+        (MQTT 5 Message Expiry Interval, seconds) is dropped under 3.1.1, as is `correlation`.
 
         Raises ValueError for a topic that is not publishable and Overloaded when `buffer`
         publishes already wait; the future fails with PublishRefused when the broker refuses.
@@ -716,9 +721,12 @@ class MqttLink:
                 f"{self._buffer} messages already wait for the broker; message to {topic} not sent"
             )
         properties = None
-        if correlation is not None and self.v5:
+        if self.v5 and (correlation is not None or expiry is not None):
             properties = _properties(PacketTypes.PUBLISH)
-            properties.CorrelationData = correlation
+            if correlation is not None:
+                properties.CorrelationData = correlation
+            if expiry is not None:
+                properties.MessageExpiryInterval = expiry
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._held or len(self._pending) >= self._window:
             self._held.append((topic, payload, retain, properties, waiter))
