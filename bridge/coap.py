@@ -85,6 +85,9 @@ class CoapReply(msgspec.Struct, frozen=True):
     code: str  # dotted, e.g. "2.05", "4.04"
     payload: bytes
     etag: bytes | None = None
+    # The Observe option's value: set on a registration's answer when the device registered
+    # us (RFC 7641 §4.1: a plain 2.05 without it means it did not) and on notifications.
+    observe: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -341,7 +344,9 @@ class Transmitter:
                     f"{self.uri} answered with the unknown critical option {int(number)}",
                     detail={"uri": self.uri, "option": int(number)},
                 )
-        return CoapReply(_DOTTED[int(response.code)], response.payload, response.opt.etag)
+        return CoapReply(
+            _DOTTED[int(response.code)], response.payload, response.opt.etag, response.opt.observe
+        )
 
     def _mapped(self, exc: Exception) -> UpstreamError:
         detail = {"uri": self.uri}

@@ -321,30 +321,48 @@ class PagerService:
             self.tracker.learn(topic, payload)
 
     async def _follow(self) -> None:
+        """Observe while the transmitter offers it; poll otherwise, trying Observe again now and
+        then. A registration is never retried faster than the poll interval, and ever slower
+        while it keeps failing: a device that answers it without registering us (RFC 7641
+        §4.1), or drops it at once, must not get a request storm."""
+        failures = 0
         while True:
-            observed = False
-            if self._settings.observe:
-                observed = await self._observe_once()
-            if not observed:
-                await self._poll_for(OBSERVE_RETRY if self._settings.observe else None)
+            if not self._settings.observe:
+                await self._poll_for(None)
+                continue
+            started = time.monotonic()
+            outcome = await self._observe_once()
+            if outcome == "unavailable":
+                await self._poll_for(OBSERVE_RETRY)
+                continue
+            lasted = time.monotonic() - started
+            failures = 0 if outcome == "observed" and lasted > OBSERVE_RETRY else failures + 1
+            if failures == 0:  # a long, healthy observation ended: register again soon
+                await asyncio.sleep(max(0.0, self._settings.poll_interval - lasted))
+            else:  # poll meanwhile: changes keep coming while Observe is down
+                await self._poll_for(
+                    min(OBSERVE_RETRY, self._settings.poll_interval * 2 ** min(failures, 6))
+                )
 
-    async def _observe_once(self) -> bool:
-        """One Observe registration, until it drops. False if Observe is unavailable."""
+    async def _observe_once(self) -> str:
+        """One Observe registration, until it ends: "observed" (it was registered and ended),
+        "unavailable" (refused, or answered without registering us) or "failed"."""
         self._set_mode("observe")
         registered = False
         try:
             async for reply in self._tx.observe("/v1/notify", query={"action": "get_sessions"}):
-                if not reply.ok:
-                    log.info("transmitter refused Observe (%s); polling instead", reply.code)
-                    return registered
                 if not registered:
+                    if not reply.ok or reply.observe is None:
+                        why = reply.code if not reply.ok else "an answer without Observe"
+                        log.info("transmitter does not offer Observe (%s); polling instead", why)
+                        return "unavailable"
                     registered = True
                     await self._sync()
                 await self._notified(reply)
         except BridgeError as exc:
             log.warning("observation of the transmitter dropped: %s", exc.message)
-            await asyncio.sleep(self._settings.poll_interval)
-        return registered
+            return "failed"
+        return "observed"
 
     async def _notified(self, coap: CoapReply) -> None:
         if coap.payload in self._answered:

@@ -656,7 +656,7 @@ async def test_a_large_notification_is_completed_with_plain_gets(
         assert tuple(fetch.opt.block2) == (num, False, 6)
         assert fetch.token != request.token
         serve_block(peer, fetch, addr, BODY, b"n1")
-    assert await pending == CoapReply("2.05", BODY, b"n1")
+    assert await pending == CoapReply("2.05", BODY, b"n1", observe=6)
     await stream.aclose()  # type: ignore[attr-defined]
 
 

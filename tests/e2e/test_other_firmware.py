@@ -8,6 +8,7 @@ shaped as the vendor documents them (`statisticsClearMark` an hour of the day, a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -121,3 +122,43 @@ async def test_replies_shaped_otherwise_work_and_pass_through(
     assert json.loads(statistics[1]) == {**STATISTICS, "activeSessions": 1}
     assert 'iotbridge_pager_guests_served{site="default"} 17.0' in metrics
     assert 'iotbridge_pager_active_sessions{site="default"} 1.0' in metrics
+
+
+class Counted(aiocoap.resource.Resource):  # type: ignore[misc]  # aiocoap is untyped
+    """A plain resource (no Observe) that counts its requests."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__()
+        self.body = json.dumps(body, separators=(",", ":")).encode()
+        self.requests = 0
+
+    async def render_get(self, _request: Any) -> Any:
+        self.requests += 1
+        return aiocoap.Message(code=Code.CONTENT, payload=self.body, content_format=50)
+
+
+async def test_a_device_that_never_offers_observe_is_polled_not_stormed(
+    bridge_settings: Callable[..., Settings], peer: Peer
+) -> None:
+    """RFC 7641 §4.1: a device may answer the registration with a plain 2.05. The bridge then
+    polls at pager.poll_interval and tries Observe again no faster than that (it once looped
+    without a pause: ~20,000 requests in 12 s from an idle bridge)."""
+    empty = {"responseTypes": ["sessions"], "sessions": [], "statistics": STATISTICS}
+    notify, sessions = Counted(empty), Counted(empty)
+    site = aiocoap.resource.Site()
+    site.add_resource(("v1", "notify"), notify)
+    site.add_resource(("v1", "sessions"), sessions)
+    port = free_port(socket.SOCK_DGRAM)
+    context = await aiocoap.Context.create_server_context(
+        site, bind=("127.0.0.1", port), transports=["simplesocketserver"]
+    )
+    try:
+        settings = bridge_settings(pager_url=f"coap://127.0.0.1:{port}", pager_poll_interval="0.5")
+        async with running(Bridge(settings)) as bridge:
+            await asyncio.sleep(3)
+            metrics = await http_get(bridge, "/metrics")
+    finally:
+        await context.shutdown()
+    assert notify.requests <= 2, notify.requests  # one registration, answered without Observe
+    assert 4 <= sessions.requests <= 10, sessions.requests  # polled every 0.5 s
+    assert 'iotbridge_pager_watch_mode{mode="poll",site="default"} 1.0' in metrics
