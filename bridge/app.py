@@ -17,6 +17,7 @@ from bridge.config import Settings, per_site
 from bridge.metrics import Metrics
 from bridge.probes import ProbeServer
 from bridge.site import Site
+from bridge.supervise import Health
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,25 @@ class Bridge:
         self.metrics = Metrics()
         self.metrics.info.info({"version": __version__})
         self.sites = [Site(name, each, self.metrics) for name, each in per_site(settings)]
-        self.probes = ProbeServer(settings.http.addr, self.metrics, lambda: self.ready)
+        self.health = Health()
+        self.probes = ProbeServer(settings.http.addr, self.metrics, self.not_ready)
         self._stop = asyncio.Event()
 
     @property
     def ready(self) -> bool:
-        """Every site's MQTT session is up with its subscriptions granted."""
-        return all(site.link.ready for site in self.sites)
+        """Every site's MQTT session is up with its subscriptions granted, and no background
+        task keeps failing."""
+        return self.not_ready() is None
+
+    def not_ready(self) -> str | None:
+        """Why the bridge is not ready (for /readyz), or None."""
+        down = [site.name for site in self.sites if not site.link.ready]
+        if down:
+            return f"MQTT session not up: {', '.join(down)}"
+        failing = self.health.failing()
+        if failing:
+            return f"background task failing: {', '.join(failing)}"
+        return None
 
     def stop(self) -> None:
         """Ask `run()` to shut down gracefully (what SIGTERM does)."""
@@ -52,7 +65,9 @@ class Bridge:
             for site in self.sites:
                 await site.transmitter.start()
             async with asyncio.TaskGroup() as group:
-                loops = [task for site in self.sites for task in site.start_loops(group)]
+                loops = [
+                    task for site in self.sites for task in site.start_loops(group, self.health)
+                ]
                 await self._stop.wait()
                 log.info("stopping: draining in-flight commands")
                 drained = await asyncio.gather(*(site.drain() for site in self.sites))

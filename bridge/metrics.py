@@ -113,6 +113,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.task_failures = Counter(
+            "iotbridge_task_failures",
+            "Background tasks that failed unexpectedly and were restarted, by task",
+            ["task"],
+            registry=r,
+        )
         self.broker_dropped = Gauge(
             "iotbridge_broker_dropped_messages",
             "Messages the broker reports it dropped ($SYS/broker/publish/messages/dropped)",

@@ -23,12 +23,12 @@ _MAX_HEAD = 8192
 class ProbeServer:
     """Serves the probes until cancelled. `port` is known once `start()` returned."""
 
-    def __init__(self, addr: str, metrics: Metrics, ready: Callable[[], bool]) -> None:
+    def __init__(self, addr: str, metrics: Metrics, not_ready: Callable[[], str | None]) -> None:
         host, _, port = addr.rpartition(":")
         self._host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - an explicit ":port" means all
         self._port = int(port)
         self._metrics = metrics
-        self._ready = ready
+        self._not_ready = not_ready
         self._server: asyncio.Server | None = None
 
     @property
@@ -85,7 +85,8 @@ class ProbeServer:
         if path == b"/livez":
             return b"200 OK", text, b"ok\n"
         if path == b"/readyz":
-            if self._ready():
+            why = self._not_ready()
+            if why is None:
                 return b"200 OK", text, b"ready\n"
-            return b"503 Service Unavailable", text, b"not ready: MQTT session not up\n"
+            return b"503 Service Unavailable", text, f"not ready: {why}\n".encode()
         return b"404 Not Found", text, b"not found\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bridge.coap import Transmitter
@@ -25,6 +25,7 @@ from bridge.routing import Request, Router
 from bridge.schedules import ScheduleService
 from bridge.sensaphone import SensaphoneClient
 from bridge.sessions import Outbound
+from bridge.supervise import Health, supervised
 from bridge.topics import BaseTopic, PagerTopic, ScheduleTopic, Topics
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Site:
     def __init__(self, name: str, settings: Settings, metrics: Metrics) -> None:
         self.name = name
         self.settings = settings
+        self._metrics = metrics
         pager = settings.pager
         self.topics = Topics(
             settings.topic_prefix, min_number=pager.min_number, max_number=pager.max_number
@@ -123,17 +125,22 @@ class Site:
             *[link.publish_soon(o.topic, o.payload, retain=o.retain) for o in out]
         )
 
-    def start_loops(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
-        loops = [
-            group.create_task(
-                self.link.run(self.dispatcher.submit),
-                name=f"mqtt-{self.name}",
-            ),
-            group.create_task(self.pager.watch(), name=f"pager-watch-{self.name}"),
+    def start_loops(self, group: asyncio.TaskGroup, health: Health) -> list[asyncio.Task[None]]:
+        """The site's loops, each supervised: a failure no one expected restarts that loop,
+        never the process (bridge.supervise)."""
+        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("mqtt", lambda: self.link.run(self.dispatcher.submit)),
+            ("pager-watch", self.pager.watch),
         ]
         if self.claim is not None:
-            loops.append(group.create_task(self.claim.run(), name=f"observer-{self.name}"))
-        return loops
+            loops.append(("observer", self.claim.run))
+        return [
+            group.create_task(
+                supervised(f"{kind}-{self.name}", kind, work, self._metrics, health),
+                name=f"{kind}-{self.name}",
+            )
+            for kind, work in loops
+        ]
 
     async def drain(self) -> bool:
         """Stop taking commands and let those in flight finish; False if the deadline passed.

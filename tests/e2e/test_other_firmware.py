@@ -162,3 +162,39 @@ async def test_a_device_that_never_offers_observe_is_polled_not_stormed(
     assert notify.requests <= 2, notify.requests  # one registration, answered without Observe
     assert 4 <= sessions.requests <= 10, sessions.requests  # polled every 0.5 s
     assert 'iotbridge_pager_watch_mode{mode="poll",site="default"} 1.0' in metrics
+
+
+class Hostile(aiocoap.resource.Resource):  # type: ignore[misc]  # aiocoap is untyped
+    """Answers everything with JSON nested 100,000 deep (msgspec raises RecursionError on it)."""
+
+    BODY = b'{"sessions":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+    async def render(self, _request: Any) -> Any:
+        return aiocoap.Message(code=Code.CONTENT, payload=self.BODY, content_format=50)
+
+
+async def test_a_reply_nested_too_deep_is_refused_not_fatal(
+    bridge_settings: Callable[..., Settings], peer: Peer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On plain UDP anything on the path can send this; it once ended `iotbridge run`."""
+    site = aiocoap.resource.Site()
+    site.add_resource(("v1", "sessions"), Hostile())
+    port = free_port(socket.SOCK_DGRAM)
+    context = await aiocoap.Context.create_server_context(
+        site, bind=("127.0.0.1", port), transports=["simplesocketserver"]
+    )
+    try:
+        settings = bridge_settings(
+            pager_url=f"coap://127.0.0.1:{port}", pager_observe="false", pager_poll_interval="0.2"
+        )
+        async with running(Bridge(settings)) as bridge:
+            result = await peer.request("pager/66/action", {"action": "start"})
+            await asyncio.sleep(1)  # polls meanwhile
+            assert bridge.ready
+            readyz = await http_get(bridge, "/readyz")
+    finally:
+        await context.shutdown()
+    assert result["status"] == "ok"  # the device did it; its answer was unreadable
+    assert "nested too deeply" in result["data"]["unreadable_reply"]
+    assert readyz == "ready\n"
+    assert any("nested too deeply" in r.getMessage() for r in caplog.records)
