@@ -29,10 +29,16 @@ class Bridge:
         self.settings = settings
         self.metrics = Metrics()
         self.metrics.info.info({"version": __version__})
-        self.sites = [Site(name, each, self.metrics) for name, each in per_site(settings)]
+        self.sites = [
+            Site(name, each, self.metrics, self.reserves) for name, each in per_site(settings)
+        ]
         self.health = Health()
         self.probes = ProbeServer(settings.http.addr, self.metrics, self.not_ready)
         self._stop = asyncio.Event()
+
+    def reserves(self, topic: str) -> bool:
+        """`topic` lies in a namespace some site serves or announces: no Response Topic may."""
+        return any(site.reserves(topic) for site in self.sites)
 
     @property
     def ready(self) -> bool:

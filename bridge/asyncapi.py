@@ -112,16 +112,26 @@ CHANNELS: Final = (
         False,
         "Commands that could not be carried out after retries.",
     ),
+    _Channel(
+        "bridgeObserver",
+        "bridge/observer",
+        "bridge-observer.json",
+        "send",
+        True,
+        "With `mqtt.shared_group` only: the replica that observes the transmitter (a claim the "
+        "replicas renew; empty when released).",
+    ),
 )
 _RESULT_DOCUMENT: Final = "result.json"
 _DESCRIPTION: Final = """\
 The MQTT interface of iotbridge, a bridge for LRS T7470 guest pagers (CoAP) and Sensaphone.net
 schedules (REST). Every address takes the optional topic prefix (`IOTBRIDGE_TOPIC_PREFIX`):
 `<prefix>/pager/66/action`, `<prefix>/bridge/state`, and so on. Payloads are JSON, QoS 1.
-Every command gets exactly one result on `<command topic>/result`; with MQTT 5 the request's
-Response Topic and Correlation Data are honoured as well. Error codes in results: `invalid_topic`,
-`invalid_payload`, `unknown_action`, `expired`, `overloaded`, `upstream_error`,
-`upstream_timeout`, `upstream_unavailable`, `auth_failed`.
+Every command gets exactly one result on `<command topic>/result`; with MQTT 5 the result also
+goes to the request's Response Topic, with its Correlation Data, when that topic matches
+`mqtt.response_topics` and lies in no namespace the bridge serves or announces. Error codes in
+results: `invalid_topic`, `invalid_payload`, `unknown_action`, `expired`, `overloaded`,
+`upstream_error`, `upstream_timeout`, `upstream_unavailable`, `auth_failed`.
 """
 
 

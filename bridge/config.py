@@ -54,6 +54,10 @@ class MqttSettings(Section, frozen=True):
     op_timeout: PositiveFloat = 10.0
     # Follow the broker's $SYS count of dropped messages (Mosquitto) as a metric.
     broker_stats: bool = True
+    # Topic filters a request's MQTT 5 Response Topic may match to be answered there too
+    # (IOTBRIDGE_MQTT_RESPONSE_TOPICS, comma-separated). Empty: Response Topics are ignored.
+    # Never inside any namespace the bridge serves or announces, whatever the list says.
+    response_topics: list[str] = msgspec.field(default_factory=list)
 
 
 class PagerSettings(Section, frozen=True):
@@ -181,7 +185,7 @@ _ALIASES = {
     "IOTBRIDGE_HTTP_ADDR": ("http", "addr"),
 }
 _SECRET_FIELDS = {"password"}
-_LIST_FIELDS = {("pager", "page_modes"), ("pager", "numbers")}
+_LIST_FIELDS = {("pager", "page_modes"), ("pager", "numbers"), ("mqtt", "response_topics")}
 _MAPPING_FIELDS = {("sensaphone", "schedules")}
 
 

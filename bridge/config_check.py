@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from bridge.topics import is_filter
+
 if TYPE_CHECKING:
     from bridge.config import PagerSettings, SensaphoneSettings, Settings
 
@@ -90,6 +92,11 @@ def semantic(settings: Settings) -> list[str]:
     _, sep, port = settings.http.addr.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         problems.append(f"http.addr: expected host:port, got {settings.http.addr!r}")
+    problems += [
+        f"mqtt.response_topics: {f!r} is not a topic filter"
+        for f in settings.mqtt.response_topics
+        if not is_filter(f)
+    ]
     if settings.mqtt.reconnect_min > settings.mqtt.reconnect_max:
         problems.append("mqtt.reconnect_min: must not exceed mqtt.reconnect_max")
     names: set[str] = set()

@@ -68,8 +68,18 @@ class Dispatcher:
     """Runs commands through `execute` in per-key lanes, answers and acknowledges them."""
 
     def __init__(
-        self, router: Router, link: Link, execute: Execute, metrics: Metrics, limits: LimitSettings
+        self,
+        router: Router,
+        link: Link,
+        execute: Execute,
+        metrics: Metrics,
+        limits: LimitSettings,
+        responses: Callable[[str], str | None] = lambda _topic: "not_allowed",
     ) -> None:
+        """`responses(topic)` says why a Response Topic is not answered (a metric label), or
+        None when it may be (see `ResponseTopics`)."""
+        self._responses = responses
+        self._ignored: set[str] = set()  # Response Topics already logged as ignored (bounded)
         self._router = router
         self._link = link
         self._execute = execute
@@ -331,7 +341,7 @@ class Dispatcher:
         topic = Topics.result(inbound.topic)
         result = self._link.publish_soon(topic, payload) if is_publishable(topic) else None
         response = inbound.response_topic
-        if response and is_publishable(response) and not self._router.topics.in_namespace(response):
+        if response and self._may_answer(response):
             sends.append(
                 self._link.publish_soon(response, payload, correlation=inbound.correlation)
             )
@@ -347,6 +357,23 @@ class Dispatcher:
             elif isinstance(outcome, BaseException):
                 raise LinkDown(f"not published: {outcome!r}") from outcome
         return refused
+
+    def _may_answer(self, response: str) -> bool:
+        """Honour a Response Topic only where the configuration allows, and never inside a
+        namespace the bridge serves or announces: no publisher may make the bridge write where
+        it may not write itself. An ignored one is counted, and logged once."""
+        why = self._responses(response) if is_publishable(response) else "not_a_topic"
+        if why is None:
+            return True
+        self._metrics.child(self._metrics.response_topics_ignored, why).inc()
+        if response not in self._ignored and len(self._ignored) < 256:
+            self._ignored.add(response)
+            log.info(
+                "Response Topic %r ignored (%s); the result is on <topic>/result",
+                response[:120],
+                why,
+            )
+        return False
 
 
 def _correlation(transaction: str | int | None, inbound: Inbound) -> str:

@@ -113,6 +113,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.response_topics_ignored = Counter(
+            "iotbridge_response_topics_ignored",
+            "MQTT 5 Response Topics not answered, by reason (not_allowed, reserved, not_a_topic)",
+            ["reason"],
+            registry=r,
+        )
         self.task_failures = Counter(
             "iotbridge_task_failures",
             "Background tasks that failed unexpectedly and were restarted, by task",

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from bridge import models, t7470
+from bridge import models, observer, t7470
 
 # File name -> (type, title). One file per topic payload in the contract.
 DOCUMENTS: dict[str, tuple[Any, str]] = {
@@ -27,6 +27,7 @@ DOCUMENTS: dict[str, tuple[Any, str]] = {
     "schedule-timeranges.json": (models.ScheduleRanges, "Retained schedule/<id>/timeranges"),
     "bridge-state.json": (models.BridgeState, "Retained bridge/state"),
     "bridge-deadletter.json": (models.DeadLetter, "bridge/deadletter"),
+    "bridge-observer.json": (observer.Claim, "Retained bridge/observer (replicas)"),
     "t7470-envelope.json": (t7470.Envelope, "T7470 CoAP reply envelope (upstream)"),
 }
 

@@ -26,7 +26,7 @@ from bridge.schedules import ScheduleService
 from bridge.sensaphone import SensaphoneClient
 from bridge.sessions import Outbound
 from bridge.supervise import Health, supervised
-from bridge.topics import BaseTopic, PagerTopic, ScheduleTopic, Topics
+from bridge.topics import BaseTopic, PagerTopic, ResponseTopics, ScheduleTopic, Topics
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,15 @@ log = logging.getLogger(__name__)
 class Site:
     """Everything that serves one topic prefix."""
 
-    def __init__(self, name: str, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        metrics: Metrics,
+        reserved: Callable[[str], bool] | None = None,
+    ) -> None:
+        """`reserved(topic)`: the topic lies in a namespace some site of the process serves or
+        announces (by default this site's own and its discovery prefix)."""
         self.name = name
         self.settings = settings
         self._metrics = metrics
@@ -79,7 +87,10 @@ class Site:
             self.sensaphone, self.publish_all, self.topics, settings.sensaphone
         )
         router = Router(self.topics, settings.pager, settings.limits)
-        self.dispatcher = Dispatcher(router, self.link, self._execute, metrics, settings.limits)
+        responses = ResponseTopics(settings.mqtt.response_topics, reserved or self.reserves)
+        self.dispatcher = Dispatcher(
+            router, self.link, self._execute, metrics, settings.limits, responses
+        )
         self.link.on_connect(self._connected)
         self._republishing: asyncio.Task[None] | None = None
         self.homeassistant: HomeAssistant | None = None
@@ -88,6 +99,11 @@ class Site:
             self.link.watch(self.homeassistant.existing_filter, self.homeassistant.message)
             self.link.watch(self.homeassistant.status_topic, self.homeassistant.message)
             self.link.on_connect(self.homeassistant.connected)
+
+    def reserves(self, topic: str) -> bool:
+        """`topic` lies in this site's namespace or under its discovery prefix."""
+        prefix = self.settings.discovery.prefix
+        return self.topics.in_namespace(topic) or topic.startswith(f"{prefix}/")
 
     async def _execute(self, request: Request) -> Any:
         match request.target:

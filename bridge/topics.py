@@ -7,6 +7,7 @@ expected is an `InvalidTopic`, so no input can steer the bridge into a wildcard 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, Literal
 
 import msgspec
@@ -46,6 +47,50 @@ def is_publishable(topic: str) -> bool:
         and "#" not in topic
         and "\0" not in topic
     )
+
+
+def is_filter(topic_filter: str) -> bool:
+    """A valid MQTT topic filter: not empty, `+` a whole level, `#` only the whole last one."""
+    if not topic_filter or "\0" in topic_filter:
+        return False
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "+" in level and level != "+":
+            return False
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return False
+    return True
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """MQTT filter matching (spec 4.7): `+` one level, `#` the rest; `$` topics only explicitly."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    wanted, levels = topic_filter.split("/"), topic.split("/")
+    for i, level in enumerate(wanted):
+        if level == "#":
+            return True
+        if i >= len(levels) or (level not in ("+", levels[i])):
+            return False
+    return len(wanted) == len(levels)
+
+
+class ResponseTopics:
+    """Where results may also go: a request's Response Topic, if it matches an allowed filter
+    (`mqtt.response_topics`) and lies in no namespace the bridge serves or announces (every
+    site's topics, the Home Assistant discovery prefix)."""
+
+    def __init__(self, allowed: list[str], reserved: Callable[[str], bool]) -> None:
+        self._allowed = allowed
+        self._reserved = reserved
+
+    def __call__(self, topic: str) -> str | None:
+        """None if `topic` may be answered, else why not (a metric label)."""
+        if self._reserved(topic):
+            return "reserved"
+        if not any(matches(f, topic) for f in self._allowed):
+            return "not_allowed"
+        return None
 
 
 def _id_segment(segment: str, what: str, minimum: int, maximum: int) -> int:

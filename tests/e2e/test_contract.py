@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from bridge.broker import Mosquitto
 from bridge.config import Settings
 from bridge.sim.pager import PagerSimulator
 from tests.e2e.conftest import BridgeFactory
+from tests.faults.tools import properties
 from tests.support import Peer, http_get, running, started_sim
 
 pytestmark = pytest.mark.broker
@@ -63,21 +65,55 @@ async def test_transaction_is_echoed_even_for_invalid_payloads(bridge: Bridge, p
     assert json.loads(message[1])["transaction"] == "abc-1"
 
 
-async def test_mqtt5_response_topic_and_correlation(bridge: Bridge, peer: Peer) -> None:
-    reply = await peer.request_v5("pager/8/action", "start", "clients/me/replies")
-    assert json.loads(reply[1])["status"] == "ok"
-    assert reply[3].CorrelationData == b"corr-1"
-    # The usual result topic gets it too.
-    await peer.wait_for(lambda m: m[0] == "pager/8/action/result")
+async def test_mqtt5_response_topic_and_correlation(bridge_at: BridgeFactory, peer: Peer) -> None:
+    async with bridge_at(mqtt_response_topics="clients/+/replies"):
+        reply = await peer.request_v5("pager/8/action", "start", "clients/me/replies")
+        assert json.loads(reply[1])["status"] == "ok"
+        assert reply[3].CorrelationData == b"corr-1"
+        # The usual result topic gets it too.
+        await peer.wait_for(lambda m: m[0] == "pager/8/action/result")
 
 
-async def test_response_topic_cannot_point_into_the_bridge_namespace(
-    bridge: Bridge, peer: Peer
+@pytest.mark.parametrize(
+    ("allowed", "response", "reason"),
+    [
+        ("", "clients/me/replies", "not_allowed"),  # opt-in: nothing by default
+        ("clients/#", "elsewhere/replies", "not_allowed"),
+        ("#", "pager/9/action/result", "reserved"),  # this site's own namespace
+        ("#", "pager/7/action", "reserved"),  # a command topic: acting for the publisher
+        ("#", "bridge/state", "reserved"),
+        ("#", "homeassistant/button/x/config", "reserved"),  # the discovery prefix
+        ("#", "other-site/pager/1/action", "reserved"),  # another site of this process
+    ],
+)
+async def test_a_response_topic_is_answered_only_where_allowed(
+    bridge_settings: Callable[..., Settings],
+    pager_sim: PagerSimulator,
+    peer: Peer,
+    tmp_path: Path,
+    allowed: str,
+    response: str,
+    reason: str,
 ) -> None:
-    await peer.request_v5("pager/9/action", "start", "pager/9/action/result")
-    await asyncio.sleep(0.2)
-    results = peer.on("pager/9/action/result")
-    assert len(results) == 1  # published once, as the contract's result, not again as a reply
+    """No publisher can make the bridge write where it may not write itself."""
+    config = tmp_path / "sites.yaml"
+    pager = f"{{url: '{pager_sim.uri}'}}"
+    config.write_text(
+        f"sites:\n  - {{name: main, topic_prefix: '', pager: {pager}}}\n"
+        f"  - {{name: other-site, pager: {pager}}}\n",
+        encoding="utf-8",
+    )
+    settings = bridge_settings(config=str(config), mqtt_response_topics=allowed)
+    props = properties(ResponseTopic=response, CorrelationData=b"corr-9")
+    async with running(Bridge(settings)) as bridge:
+        await peer.publish("pager/9/action", b"get", properties=props)
+        await peer.wait_for(lambda m: m[0] == "pager/9/action/result")
+        await asyncio.sleep(0.3)
+        metrics = await http_get(bridge, "/metrics")
+    assert len(peer.on("pager/9/action/result")) == 1  # the result, and only once
+    replies = [m for m in peer.on(response) if m[1].startswith(b'{"status"')]
+    assert replies == [] or response == "pager/9/action/result"
+    assert f'iotbridge_response_topics_ignored_total{{reason="{reason}"}} 1.0' in metrics
 
 
 async def test_mqtt311_clients_get_their_transaction(

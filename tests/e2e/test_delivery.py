@@ -133,7 +133,12 @@ async def test_a_reused_transaction_is_refused_not_answered_with_another_command
     assert [(r[0], r[1]) for r in pager_sim.received] == [(44, "POST")]
 
 
-async def test_reused_correlation_data_is_refused_too(bridge: Bridge, peer: Peer) -> None:
+async def test_reused_correlation_data_is_refused_too(bridge_at: BridgeFactory, peer: Peer) -> None:
+    async with bridge_at(mqtt_response_topics="client/reply"):
+        await _reuse_correlation(peer)
+
+
+async def _reuse_correlation(peer: Peer) -> None:
     first = await peer.request_v5("pager/base/action", "statistics", "client/reply")
     assert json.loads(first[1])["status"] == "ok"
     count = len(peer.on("client/reply"))

@@ -157,6 +157,7 @@ async def test_fuzzed_commands_each_get_one_answer(
         "sensaphone_password": "demo-password",
         "sensaphone_schedules": "{'28487': {kind: default_schedule, device_id: 1234}}",
         "pager_timeout": "2",
+        "mqtt_response_topics": REPLY,
     }
     async with client, bridge_at(**env):
         started = time.monotonic()

@@ -144,6 +144,7 @@ def test_operations_and_bindings(doc: dict[str, Any]) -> None:
         "pager/statistics",
         "schedule/{schedule_id}/timeranges",
         "bridge/state",
+        "bridge/observer",
     }
     assert all(o["bindings"]["mqtt"]["qos"] == 1 for o in ops.values())
     assert doc["servers"]["local"]["protocol"] == "mqtt"
