@@ -100,23 +100,24 @@ class ScheduleService:
         return data
 
     def parent_of(self, schedule_id: int, command: models.ScheduleCommand) -> Parent:
-        """The payload's parent if it names one, else the configured one, else an error."""
-        device, user, contact = command.device_id, command.user_id, command.contact_id
-        if device is not None and (user is not None or contact is not None):
-            raise InvalidPayload("give either device_id or user_id + contact_id, not both")
-        if device is not None:
-            return Parent(kind="default_schedule", device_id=device, user_id=None, contact_id=None)
-        if user is not None or contact is not None:
-            if user is None or contact is None:
-                raise InvalidPayload("a contact schedule needs both user_id and contact_id")
-            return Parent(kind="contact_schedule", device_id=None, user_id=user, contact_id=contact)
+        """The schedule's parent: the configured one for a configured schedule (a payload
+        naming another is refused: a publisher must not redirect the bridge to a device the
+        operator did not give it), else the payload's, else an error."""
+        named = _named_parent(command)
         configured = self._configured.get(schedule_id)
-        if configured is None:
+        if configured is not None:
+            if named is not None and named != configured:
+                raise InvalidPayload(
+                    f"schedule {schedule_id} is configured with its parent "
+                    f"({_describe(configured)}); the payload names {_describe(named)}: refused"
+                )
+            return configured
+        if named is None:
             raise InvalidPayload(
                 f"schedule {schedule_id} has no configured parent; send device_id, "
                 "or user_id and contact_id, or configure sensaphone.schedules"
             )
-        return configured
+        return named
 
     async def _read_back(self, schedule_id: int, parent: Parent) -> list[TimeRange] | None:
         try:
@@ -132,6 +133,26 @@ class ScheduleService:
         doc = models.ScheduleRanges(schedule_id=schedule_id, timeranges=_ranges_out(ranges))
         topic = self._topics.schedule_ranges(schedule_id)
         await outbox.send(self._publish([Outbound(topic, models.ENCODER.encode(doc), True)]))
+
+
+def _named_parent(command: models.ScheduleCommand) -> Parent | None:
+    """The parent a command's payload names, if any."""
+    device, user, contact = command.device_id, command.user_id, command.contact_id
+    if device is not None and (user is not None or contact is not None):
+        raise InvalidPayload("give either device_id or user_id + contact_id, not both")
+    if device is not None:
+        return Parent(kind="default_schedule", device_id=device, user_id=None, contact_id=None)
+    if user is not None or contact is not None:
+        if user is None or contact is None:
+            raise InvalidPayload("a contact schedule needs both user_id and contact_id")
+        return Parent(kind="contact_schedule", device_id=None, user_id=user, contact_id=contact)
+    return None
+
+
+def _describe(parent: Parent) -> str:
+    if parent.kind == "contact_schedule":
+        return f"user {parent.user_id}, contact {parent.contact_id}"
+    return f"{parent.kind.replace('_', ' ')} of device {parent.device_id}"
 
 
 def _interval_value(value: int | Interval | None) -> int | None:

@@ -235,3 +235,27 @@ async def test_a_command_that_exhausts_its_retries_is_dead_lettered(
     assert letter["topic"] == "schedule/28487/timerange"
     assert letter["error"]["code"] == "upstream_error"
     assert letter["attempts"] > 1
+
+
+async def test_a_configured_schedule_keeps_its_configured_parent(
+    schedule_bridge: Callable[..., AbstractAsyncContextManager[Bridge]],
+    peer: Peer,
+    sensaphone: SensaphoneSimulator,
+) -> None:
+    """A publisher cannot redirect a configured schedule to another device (it once could:
+    device_id 9999 in the payload went to Sensaphone as device 9999)."""
+    async with schedule_bridge():
+        await peer.wait_for(lambda m: m[0] == "schedule/28487/timeranges")  # the start-up read
+        before = dict(sensaphone.requests)
+        other = await peer.request(
+            "schedule/28487/timerange", {"action": "read", "device_id": 9999}
+        )
+        same = await peer.request("schedule/28487/timerange", {"action": "read", "device_id": 1234})
+    assert other["error"]["code"] == "invalid_payload"
+    assert (
+        "configured with its parent (default schedule of device 1234)" in other["error"]["message"]
+    )
+    assert "device 9999" in other["error"]["message"]
+    assert same["status"] == "ok"  # naming the configured parent is fine
+    reads = sum(n for (_, verb), n in sensaphone.requests.items() if verb == "read")
+    assert reads - sum(n for (_, verb), n in before.items() if verb == "read") == 1
