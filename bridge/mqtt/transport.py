@@ -307,7 +307,11 @@ class PahoDriver:
             self._misc = None
 
     def _want_write(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
-        if not self._write_soon and not self._writer:
+        # paho asks once and then queues quietly until it has written everything, so a request
+        # is never dropped: with a BulkSocket paho's packets join our buffer even while it waits
+        # for the socket to drain (tests/adapter/test_mqtt_link.py, socket full). Only paho's
+        # own partial write (WebSocket) has a writer that calls it again by itself.
+        if not self._write_soon and (self._bulk is not None or not self._writer):
             self._write_soon = True
             self._loop.call_soon(self._writable)
 

@@ -499,3 +499,22 @@ async def test_a_pause_does_not_outlive_its_connection(broker: Mosquitto) -> Non
         driver.abort()
         await until(lambda: metrics.mqtt_reconnects._value.get() >= 1 and link.ready, 10)
         assert not driver._paused
+
+
+async def test_publishes_queued_while_the_socket_is_full_are_written(broker: Mosquitto) -> None:
+    """paho asks for a write once, then queues quietly until it has written everything. When
+    it asked while our buffer waited for the socket to drain, the link used to drop the
+    request: paho's later packets sat in its queue, no PUBACK came, and the watchdog took the
+    broker for dead (seen under a QoS 0 flood answered with results)."""
+    metrics = Metrics()
+    link = MqttLink(link_settings(broker.port, mqtt_op_timeout="5"), Topics(), metrics)
+    payload = b"x" * 60_000
+    async with running(link):
+        driver = link._driver
+        assert driver is not None
+        with frozen(broker):  # the socket fills up: our buffer waits for it to drain
+            sends = [link.publish_soon(f"out/{n % 50}", payload) for n in range(600)]
+            await until(lambda: driver._writer, 5)
+        async with asyncio.timeout(20):
+            await asyncio.gather(*sends)
+    assert metrics.mqtt_reconnects._value.get() == 0
