@@ -70,7 +70,8 @@ CHANNELS: Final = (
         "send",
         True,
         "The active session as the transmitter reports it; a zero-length retained message "
-        "when it ends (cleared, removed or deleted).",
+        "when it ends (cleared, removed or deleted), and, with Home Assistant discovery on, "
+        "after each announcement for every announced pager with no session.",
     ),
     _Channel(
         "pagerEvent",
@@ -78,7 +79,8 @@ CHANNELS: Final = (
         "pager-event.json",
         "send",
         False,
-        "Each change of a session, whoever made it (the restaurant's console too).",
+        "Each change of a session, whoever made it (the restaurant's console too), and each "
+        "command on the pager that failed (`error`, before its result).",
     ),
     _Channel(
         "pagerStatistics",

@@ -209,12 +209,16 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     error: ErrorInfo | None = None
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
-    """On `pager/<number>/event`, for every change, whoever made it."""
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """On `pager/<number>/event`: every change of a session, whoever made it (with the session
+    as the device reported it), and every command on the pager that failed (`error`, with the
+    command's `action` and the code and message of its result, published before the result)."""
 
-    event: Literal["started", "paged", "cleared", "removed", "updated"]
+    event: Literal["started", "paged", "cleared", "removed", "updated", "error"]
     number: int
-    session: t7470.Session
+    session: t7470.Session | None = None
+    action: str | None = None
+    error: ErrorInfo | None = None
 
 
 class PagerStatistics(t7470.Statistics):

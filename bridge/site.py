@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from bridge import models, outbox
 from bridge.coap import Transmitter
 from bridge.config import Settings
 from bridge.dispatch import Dispatcher
@@ -108,12 +109,28 @@ class Site:
     async def _execute(self, request: Request) -> Any:
         match request.target:
             case PagerTopic(number=number):
-                return await self.pager.execute(number, request.command)
+                try:
+                    return await self.pager.execute(number, request.command)
+                except BridgeError as exc:
+                    await self._failed(number, request.command, exc)
+                    raise
             case BaseTopic():
                 return await self.pager.execute_base(request.command)
             case ScheduleTopic(schedule_id=schedule_id):
                 return await self.schedules.execute(schedule_id, request.command)
         raise InvalidPayload("unroutable command")  # pragma: no cover - the match is exhaustive
+
+    async def _failed(self, number: int, command: models.Command, exc: BridgeError) -> None:
+        """A command on a pager failed: an `error` event on the pager's event topic says so,
+        ahead of the result, for whoever follows the pager (Home Assistant's event entity)."""
+        event = models.Event(
+            event="error",
+            number=number,
+            action=str(command.__struct_config__.tag),
+            error=models.ErrorInfo(code=exc.code, message=exc.message),
+        )
+        out = Outbound(self.topics.pager_event(number), models.ENCODER.encode(event), False)
+        await outbox.send(self.publish_all([out]))
 
     async def _connected(self) -> None:
         # In a task: the message loop must start at once, however much state there is.
