@@ -146,8 +146,12 @@ class DiscoverySettings(Section, frozen=True):
     # Home Assistant MQTT discovery: off unless asked for (the demo turns it on).
     enabled: bool = False
     prefix: str = "homeassistant"
-    # Node id in discovery topics and unique ids; empty means the MQTT client id.
+    # Node id in discovery topics and unique ids; empty means the MQTT client id. With several
+    # sites each site's is `<node>-<site>` (as its client id is `<client id>-<site>`).
     node: str = ""
+    # Shown in front of every device name in Home Assistant ("north Pager 66"). Empty: the
+    # topic prefix; with several sites, each site's name (after this text, when it is given).
+    name: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 class SiteSettings(Section, frozen=True):
@@ -286,6 +290,7 @@ def per_site(settings: Settings) -> list[tuple[str, Settings]]:
 
     A site gets its own MQTT client id (`<client id>-<site>`), so its persistent session, its
     back-pressure and its failures are its own: one slow transmitter never delays another site.
+    Its Home Assistant discovery carries the site too (`_site_discovery`).
     """
     if not settings.sites:
         return [("default", settings)]
@@ -302,6 +307,7 @@ def per_site(settings: Settings) -> list[tuple[str, Settings]]:
                     settings,
                     topic_prefix=site.name if site.topic_prefix is None else site.topic_prefix,
                     mqtt=msgspec.structs.replace(settings.mqtt, client_id=f"{base_id}-{site.name}"),
+                    discovery=_site_discovery(settings.discovery, site.name),
                     pager=site.pager,
                     sensaphone=site.sensaphone or SensaphoneSettings(),
                     limits=limits,
@@ -310,6 +316,16 @@ def per_site(settings: Settings) -> list[tuple[str, Settings]]:
             )
         )
     return out
+
+
+def _site_discovery(discovery: DiscoverySettings, site: str) -> DiscoverySettings:
+    """A site's discovery: its node and device names carry the site, so the sites of one
+    process never share a discovery topic, a unique id or a device name in Home Assistant."""
+    return msgspec.structs.replace(
+        discovery,
+        node=f"{discovery.node}-{site}" if discovery.node else "",
+        name=f"{discovery.name} {site}" if discovery.name else site,
+    )
 
 
 class BrokerAddress(msgspec.Struct, frozen=True, kw_only=True):

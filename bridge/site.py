@@ -78,9 +78,11 @@ class Site:
             site=name,
             claim=self.claim,
         )
+        # Followers of the retained sessions: a standby replica, and Home Assistant's feature.
+        self._session_watchers: list[Callable[[str, bytes], None]] = []
         if self.claim is not None:
             self.link.watch(self.topics.observer, self.claim.message)
-            self.link.watch(self.topics.pager_sessions, self.pager.learn)
+            self._session_watchers.append(self.pager.learn)
         self.sensaphone = SensaphoneClient(
             settings.sensaphone, metrics=metrics.sensaphone_observer()
         )
@@ -96,10 +98,20 @@ class Site:
         self._republishing: asyncio.Task[None] | None = None
         self.homeassistant: HomeAssistant | None = None
         if settings.discovery.enabled:
-            self.homeassistant = HomeAssistant(settings, self.topics, self.publish_all)
+            self.homeassistant = HomeAssistant(
+                settings, self.topics, self.publish_all, self.pager.tracker.active.keys
+            )
             self.link.watch(self.homeassistant.existing_filter, self.homeassistant.message)
             self.link.watch(self.homeassistant.status_topic, self.homeassistant.message)
             self.link.on_connect(self.homeassistant.connected)
+            if self.homeassistant.numbers:
+                self._session_watchers.append(self.homeassistant.session)
+        if self._session_watchers:
+            self.link.watch(self.topics.pager_sessions, self._session)
+
+    def _session(self, topic: str, payload: bytes) -> None:
+        for watcher in self._session_watchers:
+            watcher(topic, payload)
 
     def reserves(self, topic: str) -> bool:
         """`topic` lies in this site's namespace or under its discovery prefix."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import pytest
 
+from bridge import homeassistant
 from tests.e2e.conftest import BridgeFactory
-from tests.support import Peer
+from tests.support import Peer, Received
 
 pytestmark = pytest.mark.broker
 
@@ -44,3 +46,49 @@ async def test_discovery_lifecycle(bridge_at: BridgeFactory, peer: Peer) -> None
         live = {t for t, p in configs(peer).items() if p}
         assert "homeassistant/button/iotbridge_site-1/pager_1_page/config" in live
         assert not any("pager_2" in t for t in live)
+
+
+def emptied(topic: str) -> Callable[[Received], bool]:
+    return lambda m: m[0] == topic and m[1] == b""
+
+
+async def test_idle_pagers_read_idle(
+    bridge_at: BridgeFactory, peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zero-length session message follows each announcement for every announced pager with
+    no session (HA's session sensor reads it as idle); never for one that has a session."""
+    monkeypatch.setattr(homeassistant, "IDLE_DELAY", 0.2)
+    env = {"discovery_enabled": "true", "discovery_node": "site-1", "pager_numbers": "1,2"}
+    async with bridge_at(**env):
+        for topic in ("pager/1/session", "pager/2/session"):
+            await peer.wait_for(emptied(topic))
+        assert (await peer.request("pager/1/action", {"action": "start"}))["status"] == "ok"
+        count = len(peer.messages)
+        await peer.publish("homeassistant/status", "online")
+        await peer.wait_for(lambda m: m[0] == "pager/2/session" and peer.messages.index(m) > count)
+        await asyncio.sleep(0.3)
+        later = [m for m in peer.messages[count:] if m[0] == "pager/1/session"]
+        assert later == []
+        assert json.loads(peer.on("pager/1/session")[-1][1])["state"] == "started"
+
+
+async def test_a_failed_pager_command_is_an_error_event_before_its_result(
+    bridge_at: BridgeFactory, peer: Peer
+) -> None:
+    async with bridge_at():
+        result = await peer.request("pager/77/action", {"action": "page"})
+        assert result["error"]["code"] == "upstream_error"
+        [event] = peer.payloads("pager/77/event")
+        assert event == {
+            "event": "error",
+            "number": 77,
+            "action": "page",
+            "error": {"code": "upstream_error", "message": result["error"]["message"]},
+        }
+        topics = [m[0] for m in peer.messages]
+        assert topics.index("pager/77/event") < topics.index("pager/77/action/result")
+        # Refused before it reached the transmitter: the result only.
+        assert (await peer.request("pager/78/action", {"action": "page", "bad": 1}))["error"][
+            "code"
+        ] == "invalid_payload"
+        assert peer.on("pager/78/event") == []

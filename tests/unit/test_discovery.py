@@ -10,7 +10,14 @@ import msgspec
 import pytest
 
 from bridge import discovery
-from bridge.config import ScheduleParent, SensaphoneSettings, Settings
+from bridge.config import (
+    DiscoverySettings,
+    ScheduleParent,
+    SensaphoneSettings,
+    Settings,
+    per_site,
+)
+from bridge.homeassistant import HomeAssistant
 from bridge.sessions import Outbound
 from bridge.topics import Topics
 
@@ -90,7 +97,7 @@ def test_every_payload_has_what_its_component_requires() -> None:
         assert payload["origin"]["sw_version"] == "0.1.0"
         assert payload["unique_id"]
     event_types = [p["event_types"] for c, p in found.values() if c == "event"]
-    assert event_types == [["started", "paged", "cleared", "removed", "updated"]] * 2
+    assert event_types == [["started", "paged", "cleared", "removed", "updated", "error"]] * 2
 
 
 def test_unique_ids_are_unique_and_stable() -> None:
@@ -130,16 +137,104 @@ def test_discovery_prefix_is_a_parameter() -> None:
     assert all(m.topic.startswith("ha/") and not m.topic.startswith("ha//") for m in out)
 
 
-def test_devices_bridge_transmitter_and_sensaphone() -> None:
+def test_devices_bridge_transmitter_pagers_and_sensaphone() -> None:
     found = by_object(messages())
     bridge = found["connection"][1]["device"]
     assert bridge["identifiers"] == ["iotbridge_site-1"]
+    assert bridge["name"] == "iotbridge"
     assert "via_device" not in bridge
-    transmitter = found["pager_66_page"][1]["device"]
+    transmitter = found["active_sessions"][1]["device"]
     assert transmitter["model"] == "T7470"
+    assert transmitter["name"] == "T7470 transmitter"
     assert transmitter["via_device"] == "iotbridge_site-1"
-    assert found["active_sessions"][1]["device"] == transmitter
-    assert found["schedule_28487_timeranges"][1]["device"]["via_device"] == "iotbridge_site-1"
+    pager = found["pager_66_page"][1]["device"]
+    assert pager["identifiers"] == ["iotbridge_site-1_pager_66"]
+    assert pager["name"] == "Pager 66"
+    assert pager["via_device"] == "iotbridge_site-1_t7470"
+    for object_id in ("start", "clear", "remove", "session", "event"):
+        assert found[f"pager_66_{object_id}"][1]["device"] == pager
+    sensaphone = found["schedule_28487_timeranges"][1]["device"]
+    assert sensaphone["name"] == "Sensaphone.net"
+    assert sensaphone["via_device"] == "iotbridge_site-1"
+
+
+def test_entity_names_read_well_after_their_device() -> None:
+    """HA shows "<device> <entity>": "iotbridge Status", "Pager 66 Start"."""
+    names = {o: p["name"] for o, (_, p) in by_object(messages()).items()}
+    assert names["connection"] == "Status"
+    assert names["active_sessions"] == "Active sessions"
+    assert [names[f"pager_66_{w}"] for w in ("start", "page", "clear", "remove")] == [
+        "Start",
+        "Page",
+        "Clear",
+        "Remove",
+    ]
+    assert (names["pager_66_session"], names["pager_66_event"]) == ("Session", "Event")
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix", "expected"),
+    [
+        ("", "", "Pager 66"),
+        ("", "restaurant-1", "restaurant-1 Pager 66"),  # one installation per prefix
+        ("Main Street", "restaurant-1", "Main Street Pager 66"),
+    ],
+)
+def test_device_names_carry_the_name_or_the_prefix(name: str, prefix: str, expected: str) -> None:
+    base = settings()
+    configured = msgspec.structs.replace(
+        base, topic_prefix=prefix, discovery=DiscoverySettings(name=name)
+    )
+    out = discovery.discovery_messages(
+        configured, Topics(prefix), bridge_id="site-1", version="0.1.0"
+    )
+    devices = {p["device"]["name"] for _, p in by_object(out).values()}
+    assert expected in devices
+    label = f"{expected.removesuffix('Pager 66')}"
+    assert f"{label}iotbridge" in devices
+    assert f"{label}T7470 transmitter" in devices
+
+
+def test_several_sites_never_share_a_topic_an_id_or_a_device_name() -> None:
+    """With `discovery.node` set, too: each site's node and names carry the site."""
+    raw = {
+        "discovery": {"enabled": True, "node": "acme"},
+        "sites": [
+            {"name": "north", "pager": {"numbers": [66]}},
+            {"name": "south", "pager": {"numbers": [66]}, "topic_prefix": "r/south"},
+        ],
+    }
+    sites = per_site(msgspec.convert(raw, Settings))
+    seen: dict[str, set[str]] = {"topics": set(), "ids": set(), "devices": set()}
+    for site, each in sites:
+        bridge_id = each.discovery.node
+        assert bridge_id == f"acme-{site}"
+        out = discovery.discovery_messages(
+            each, Topics(each.topic_prefix), bridge_id=bridge_id, version="0.1.0"
+        )
+        found = payloads(out)
+        topics = set(found)
+        ids = {p["unique_id"] for p in found.values()}
+        devices = {p["device"]["name"] for p in found.values()}
+        assert all(f"/iotbridge_acme-{site}/" in t for t in topics)
+        assert all(i.startswith(f"iotbridge_acme-{site}_") for i in ids)
+        assert all(d.startswith(f"{site} ") for d in devices), devices
+        for key, values in (("topics", topics), ("ids", ids), ("devices", devices)):
+            assert not seen[key] & values
+            seen[key] |= values
+
+
+def test_a_single_site_keeps_its_ids() -> None:
+    """Unique ids of a single-site installation are what they were: HA's entity ids hang on them."""
+    ids = {p["unique_id"] for p in payloads(messages()).values()}
+    assert {
+        "iotbridge_site-1_connection",
+        "iotbridge_site-1_active_sessions",
+        "iotbridge_site-1_pager_66_page",
+        "iotbridge_site-1_pager_66_clear",
+        "iotbridge_site-1_pager_66_event",
+        "iotbridge_site-1_schedule_28487_timeranges",
+    } <= ids
 
 
 def test_statistics_sensors() -> None:
@@ -159,19 +254,39 @@ def test_statistics_sensors() -> None:
         assert payload["state_class"] == state_class
         assert payload.get("unit_of_measurement") == unit
         assert "value_json" in payload["value_template"]
+    assert "activeSessions" in found["active_sessions"][1]["value_template"]
+    assert "numSessions" in found["sessions_started"][1]["value_template"]
 
 
-def test_pager_buttons_and_event() -> None:
+@pytest.mark.parametrize("object_id", ["percent_late", "percent_on_time", "average_time_served"])
+def test_shares_of_guests_served_are_unknown_until_one_was_served(object_id: str) -> None:
+    """The template renders None (HA: unknown) while guestsServed is 0; the real Home
+    Assistant renders it in tests/homeassistant."""
+    template = by_object(messages())[object_id][1]["value_template"]
+    assert "guestsServed" in template
+    assert "else None" in template
+
+
+def test_pager_buttons_session_and_event() -> None:
     found = by_object(messages())
-    for word in ("page", "clear"):
+    for word in ("start", "page", "clear", "remove"):
         component, payload = found[f"pager_66_{word}"]
         assert component == "button"
         assert payload["command_topic"] == "pager/66/action"
+        # A bare word is a whole command; `start` takes the transmitter's default goal.
         assert payload["payload_press"] == word
+        assert payload["retain"] is False
+    component, session = found["pager_66_session"]
+    assert component == "sensor"
+    assert session["state_topic"] == session["json_attributes_topic"] == "pager/66/session"
+    assert session["value_template"] == discovery.SESSION_STATE
+    assert session["value_template"].startswith("{% if not value %}idle")
+    for attribute in ("label", "party_size", "goal", "started", "elapsed"):
+        assert f"'{attribute}'" in session["json_attributes_template"]
     component, event = found["pager_66_event"]
     assert component == "event"
     assert event["state_topic"] == "pager/66/event"
-    assert "'event_type': value_json.event" in event["value_template"]
+    assert "event_type=value_json.event" in event["value_template"]
 
 
 def test_schedule_sensor() -> None:
@@ -201,6 +316,9 @@ def test_invalid_and_duplicate_numbers_are_left_out() -> None:
         "pager_5_clear",
         "pager_5_event",
         "pager_5_page",
+        "pager_5_remove",
+        "pager_5_session",
+        "pager_5_start",
     ]
 
 
@@ -224,7 +342,14 @@ def test_removals_empty_stale_configs_only() -> None:
     removed = discovery.removals(existing, now)
     assert removed == [
         Outbound(f"homeassistant/{c}/iotbridge_site-1/pager_7_{o}/config", b"", True)
-        for c, o in (("button", "clear"), ("button", "page"), ("event", "event"))
+        for c, o in (
+            ("button", "clear"),
+            ("button", "page"),
+            ("button", "remove"),
+            ("button", "start"),
+            ("event", "event"),
+            ("sensor", "session"),
+        )
     ]
     assert discovery.removals([m.topic for m in now], now) == []
 
@@ -240,3 +365,23 @@ def test_node_id_is_safe(bridge_id: str, node: str) -> None:
 def test_node_id_refuses_empty() -> None:
     with pytest.raises(ValueError, match="bridge_id"):
         discovery.node_id("")
+
+
+async def _never(out: list[Outbound]) -> None:
+    raise AssertionError(f"published {out}")
+
+
+def test_idle_sessions_are_only_those_no_one_knows_a_session_of() -> None:
+    """After an announcement, a zero-length session message goes to each announced pager that
+    has no session: not to one the bridge tracks as active, nor to one retained on the broker."""
+    active = {7}
+    feature = HomeAssistant(settings(numbers=[5, 7, 66, 70]), Topics(), _never, lambda: active)
+    feature.session("pager/66/session", b'{"number":66,"state":"started"}')
+    feature.session("pager/900/session", b'{"number":900}')  # not announced: not followed
+    assert feature.idle() == [
+        Outbound("pager/5/session", b"", True),
+        Outbound("pager/70/session", b"", True),
+    ]
+    feature.session("pager/66/session", b"")  # ended
+    active.clear()
+    assert [o.topic for o in feature.idle()] == [f"pager/{n}/session" for n in (5, 7, 66, 70)]
