@@ -121,8 +121,18 @@ class HttpSettings(Section, frozen=True):
 
 class LimitSettings(Section, frozen=True):
     max_payload: Annotated[int, msgspec.Meta(ge=64, le=1_048_576)] = 16384
-    # Commands being worked on at once; past it the bridge stops reading (back-pressure).
+    # Commands being carried out at once (each pager, the base station and each schedule one at
+    # a time; the lanes waiting take turns, round-robin). Also the MQTT 5 Receive Maximum.
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
+    # Commands accepted and not yet answered, all lanes together; past it the bridge stops
+    # reading (back-pressure: QoS 1 commands wait at the broker, QoS 0 ones are `overloaded`).
+    max_queued: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    # Commands waiting for one pager, the base station or one schedule; past it `overloaded`.
+    lane_depth: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 16
+    # Commands per second a site takes (a token bucket holding `burst`); past it `overloaded`.
+    # 0 turns the limit off.
+    rate: Annotated[float, msgspec.Meta(ge=0)] = 1000.0
+    burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 2000
     # A command whose `sent_at` is older than this (seconds) is answered `expired`, not carried
     # out: a page ten minutes late is worse than none. 0 turns the check off.
     max_age: Annotated[float, msgspec.Meta(ge=0)] = 300.0

@@ -1,9 +1,15 @@
 """Dispatch: order, concurrency, results and acknowledgement for every inbound command.
 
 - Commands with the same key (one pager, the base station, one schedule) run one after another in
-  the order received; different keys run concurrently.
-- At most `max_in_flight` commands are being worked on. `submit()` does not return while the
-  bridge is full, so the MQTT reader stops reading (back-pressure) and nothing is dropped.
+  the order received, in that key's lane; different keys run concurrently, at most
+  `max_in_flight` at once. Lanes waiting for a turn are served round-robin, one command each, so
+  a flood on one pager cannot hold up the others.
+- Admission, before any work: a site takes at most `rate` commands a second (a token bucket of
+  `burst`), and a lane holds at most `lane_depth` waiting commands; past either the command is
+  answered `overloaded` at once: a flood costs the flooder, not everyone.
+- At most `max_queued` commands are accepted and unanswered. `submit()` does not return while
+  that many are, so the MQTT reader stops reading (back-pressure) and no QoS 1 command is
+  dropped (the link sheds QoS 0 ones past its own bound; see `shed()`).
 - Every command gets exactly one result on `<command topic>/result` (and on an MQTT v5 Response
   Topic with its Correlation Data). The command is acknowledged to the broker only after the
   result was published and acknowledged; if that fails the broker redelivers the command.
@@ -23,7 +29,7 @@ import msgspec
 from bridge import models, outbox
 from bridge.config import LimitSettings
 from bridge.dedup import Dedup, Entry, Reuse, digest
-from bridge.errors import BridgeError, Expired, InvalidPayload
+from bridge.errors import BridgeError, Expired, InvalidPayload, Overloaded, UpstreamError
 from bridge.logs import Budget, correlation_id
 from bridge.metrics import Metrics
 from bridge.mqtt import Inbound, LinkDown, PublishRefused
@@ -49,6 +55,10 @@ class Link(Protocol):
         correlation: bytes | None = None,
     ) -> Awaitable[None]: ...
 
+    def publish_once(
+        self, topic: str, payload: bytes, *, correlation: bytes | None = None
+    ) -> bool: ...
+
 
 # Failures where the command was not carried out for want of an answer, parked for an operator
 # (as is any failure after retries were exhausted, whatever its code).
@@ -57,6 +67,11 @@ DEADLETTER_CODES = frozenset({"upstream_timeout", "upstream_unavailable", "auth_
 INPUT_CODES = frozenset({"invalid_topic", "invalid_payload", "unknown_action", "expired"})
 # Failed-command log lines per minute, per site.
 LOG_BUDGET = 60
+# The answer to a QoS 0 command shed because the link's inbox is full.
+SHED = Overloaded(
+    "the bridge is busy: QoS 0 commands beyond its queue are not carried out; "
+    "try again later, or use QoS 1 to wait for room"
+)
 RETAINED = (
     "a retained command is never carried out: the broker stored it (retain flag) and replays "
     "it to every new subscriber; publish commands without the retain flag"
@@ -87,36 +102,104 @@ class Dispatcher:
         self._limits = limits
         self._dedup = Dedup(limits.dedup_window, limits.dedup_size, limits.dedup_bytes)
         self._log_budget = Budget(LOG_BUDGET, 60.0)
-        self._slots = asyncio.Semaphore(limits.max_in_flight)
+        self._room = asyncio.Semaphore(limits.max_queued)
+        self._bucket = TokenBucket(limits.rate, limits.burst)
+        # Every lane with work is either running its first command or waiting in `_ready`.
         self._lanes: dict[tuple[str, int], deque[tuple[Inbound, Request]]] = {}
+        self._ready: deque[tuple[str, int]] = deque()
+        self._running = 0
+        self._unexpected: set[str] = set()  # kinds of unexpected failure already logged in full
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._count = 0
 
     async def submit(self, inbound: Inbound) -> None:
-        """Take one message; waits while `max_in_flight` commands are already in progress."""
-        await self._slots.acquire()
-        self._count += 1
-        self._idle.clear()
-        self._metrics.in_flight.inc()
+        """Take one message; waits while `max_queued` commands are accepted and unanswered."""
+        await self._room.acquire()
+        self._accept()
+        if inbound.size > self._limits.max_payload:
+            self._spawn(self._answer_invalid(inbound, _too_large(inbound.size, self._limits)))
+            return
         try:
             request = self._router.route(inbound.topic, inbound.payload)
         except BridgeError as exc:
             self._spawn(self._answer_invalid(inbound, exc))
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - contained: answered, counted, logged once
             # A bug in routing must not take the reader (and with it every command) down, nor
-            # make a poison message that is redelivered forever: it is answered like any error.
-            log.exception("routing %s failed unexpectedly", inbound.topic)
-            self._spawn(self._answer_invalid(inbound, BridgeError(f"internal error: {exc}")))
+            # make a poison message that is redelivered forever: it is answered like bad input.
+            self._spawn(self._answer_invalid(inbound, self._unreadable(inbound.topic, exc)))
             return
         lane = self._lanes.get(request.key)
-        if lane is not None:
+        refusal = None
+        if not self._bucket.take():
+            refusal = Overloaded(
+                f"this site takes at most {self._limits.rate:g} commands a second "
+                f"(bursts of {self._limits.burst}); try again later"
+            )
+        elif lane is not None and len(lane) >= self._limits.lane_depth:
+            refusal = Overloaded(
+                f"{len(lane)} commands already wait for {_lane_name(request.key)} "
+                f"(limits.lane_depth); try again once they are answered"
+            )
+        if refusal is not None:
+            self._spawn(self._shed_request(inbound, request, refusal))
+        elif lane is not None:
             lane.append((inbound, request))
-            return
-        self._lanes[request.key] = deque([(inbound, request)])
-        self._spawn(self._run_lane(request.key))
+        else:
+            self._lanes[request.key] = deque([(inbound, request)])
+            self._ready.append(request.key)
+            self._pump()
+
+    def shed(self, inbound: Inbound) -> None:
+        """Answer `overloaded`, at once and at QoS 0, to a QoS 0 command the link will not
+        queue (its inbox is full): the answer is all such a command costs, so a flood is read
+        through quickly and what others publish behind it is not held up."""
+        try:
+            transaction = transaction_of(inbound.payload)
+        except Exception:  # noqa: BLE001 - best effort; the answer must go out regardless
+            transaction = None
+        correlation_id.set(_correlation(transaction, inbound))
+        result = _error_result(SHED, transaction)
+        payload = models.ENCODER.encode(result)
+        topic = Topics.result(inbound.topic)
+        self._link.publish_once(topic, payload)
+        response = inbound.response_topic
+        if response and self._may_answer(response):
+            self._link.publish_once(response, payload, correlation=inbound.correlation)
+        self._note_failure(inbound, result)
+        route, action = self._router.attempted(inbound.topic, inbound.payload)
+        metrics = self._metrics
+        metrics.child(metrics.commands, route, action, SHED.code).inc()
+        seconds = time.perf_counter() - inbound.received
+        metrics.child(metrics.command_seconds, route).observe(seconds)
+
+    def _accept(self) -> None:
+        self._count += 1
+        self._idle.clear()
+        self._metrics.in_flight.inc()
+
+    def _unreadable(self, topic: str, exc: Exception) -> BridgeError:
+        """The error result for input that made routing fail unexpectedly: bad input as far as
+        the publisher is told. Logged with its traceback once per kind, then in one line."""
+        if isinstance(exc, RecursionError):
+            return InvalidPayload("payload is nested too deeply to be read")
+        kind = type(exc).__name__
+        if kind not in self._unexpected and len(self._unexpected) < 64:
+            self._unexpected.add(kind)
+            log.error("routing %s failed unexpectedly", topic, exc_info=exc)
+        else:
+            log.debug("routing %s failed unexpectedly: %s", topic, kind)
+        return InvalidPayload(f"payload could not be read ({kind})")
+
+    def _pump(self) -> None:
+        """Start the next waiting lanes, in turn, while fewer than `max_in_flight` run."""
+        ready, limit = self._ready, self._limits.max_in_flight
+        while ready and self._running < limit:
+            key = ready.popleft()
+            self._running += 1
+            self._spawn(self._run_next(key))
 
     async def drain(self, within: float) -> bool:
         """Wait until no command is in progress; False if `within` seconds ran out first."""
@@ -131,15 +214,26 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_lane(self, key: tuple[str, int]) -> None:
+    async def _run_next(self, key: tuple[str, int]) -> None:
+        """Carry out the first command of `key`'s lane; the lane then waits for its next turn
+        at the back of the line (round-robin), or ends when empty."""
         lane = self._lanes[key]
         try:
-            while lane:
-                inbound, request = lane[0]
-                await self._process(inbound, request)
-                lane.popleft()
+            await self._process(*lane[0])
         finally:
-            del self._lanes[key]
+            lane.popleft()
+            self._running -= 1
+            if lane:
+                self._ready.append(key)
+            else:
+                del self._lanes[key]
+            self._pump()
+
+    async def _shed_request(self, inbound: Inbound, request: Request, exc: BridgeError) -> None:
+        command = request.command
+        correlation_id.set(_correlation(command.transaction, inbound))
+        route, action = _ROUTES[type(request.target)], str(command.__struct_config__.tag)
+        await self._refuse(inbound, command.transaction, exc, route, action)
 
     async def _process(self, inbound: Inbound, request: Request) -> None:
         command = request.command
@@ -175,9 +269,8 @@ class Dispatcher:
                 result = _error_result(exc, command.transaction)
                 if exc.code in DEADLETTER_CODES or exc.attempts > 1:
                     result = await self._deadletter(inbound, result, route, exc.attempts)
-            except Exception as exc:
-                log.exception("command on %s failed unexpectedly", inbound.topic)
-                result = _error_result(BridgeError(f"internal error: {exc}"), command.transaction)
+            except Exception as exc:  # noqa: BLE001 - contained: answered, counted, logged once
+                result = _error_result(self._failed(inbound.topic, exc), command.transaction)
         payload = models.ENCODER.encode(result)
         self._dedup.finished(entry, payload)
         if result.error is not None:
@@ -225,6 +318,11 @@ class Dispatcher:
         assert result.error is not None
         code = result.error.code
         level = logging.INFO if code in INPUT_CODES else logging.WARNING
+        self._log(level, "command on %s failed: %s: %s", inbound.topic, code, result.error.message)
+
+    def _log(self, level: int, message: str, *args: object) -> None:
+        """Log within the site's budget of lines about failed commands, saying how many were
+        left out when there is room again."""
         if not log.isEnabledFor(level):
             return
         suppressed = self._log_budget.take()
@@ -232,11 +330,11 @@ class Dispatcher:
             return
         if suppressed:
             log.warning(
-                "%d more failed commands were not logged (at most %d a minute)",
+                "%d more lines about failed commands were not logged (at most %d a minute)",
                 suppressed,
                 LOG_BUDGET,
             )
-        log.log(level, "command on %s failed: %s: %s", inbound.topic, code, result.error.message)
+        log.log(level, message, *args)
 
     async def _park(self, letter: models.DeadLetter, route: str, label: str) -> bool:
         """Publish `letter` on the dead-letter topic; False (logged) if that failed too."""
@@ -262,6 +360,18 @@ class Dispatcher:
             waited = time.perf_counter() - inbound.received
             if waited > inbound.expiry:
                 raise Expired(f"its MQTT message expiry passed while it waited {waited:.1f} s")
+
+    def _failed(self, topic: str, exc: Exception) -> BridgeError:
+        """The error result for a command whose handling failed unexpectedly (a bug, or an
+        upstream reply nothing expected): `upstream_error` from the documented vocabulary, as
+        the command was being carried out. Logged with its traceback once per kind."""
+        kind = type(exc).__name__
+        if kind not in self._unexpected and len(self._unexpected) < 64:
+            self._unexpected.add(kind)
+            log.error("command on %s failed unexpectedly", topic, exc_info=exc)
+        else:
+            self._log(logging.WARNING, "command on %s failed unexpectedly: %s", topic, kind)
+        return UpstreamError(f"the command failed unexpectedly ({kind}); the bridge logged it")
 
     async def _answer_invalid(self, inbound: Inbound, exc: BridgeError) -> None:
         try:
@@ -312,18 +422,22 @@ class Dispatcher:
                     raise refused
             self._link.ack(inbound)
         except BridgeError as exc:
-            # Not acknowledged: the broker will deliver the command again.
-            log.warning(
-                "result for %s not published (%s); left for redelivery", inbound.topic, exc.message
-            )
+            # Not acknowledged: the broker will deliver the command again (unless QoS 0).
             outcome = "unanswered"
+            self._log(
+                logging.WARNING,
+                "result for %s not published (%s); %s",
+                inbound.topic,
+                exc.message,
+                "left for redelivery" if inbound.qos else "QoS 0: not redelivered",
+            )
         finally:
             metrics = self._metrics
             metrics.child(metrics.commands, route, action, outcome).inc()
             seconds = time.perf_counter() - inbound.received
             metrics.child(metrics.command_seconds, route).observe(seconds)
             self._metrics.in_flight.dec()
-            self._slots.release()
+            self._room.release()
             self._count -= 1
             if self._count == 0:
                 self._idle.set()
@@ -374,6 +488,42 @@ class Dispatcher:
                 why,
             )
         return False
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` held; `take()` spends one if there is one.
+    A rate of 0 never refuses."""
+
+    __slots__ = ("_burst", "_clock", "_rate", "_stamp", "_tokens")
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate, self._burst, self._clock = rate, float(burst), clock
+        self._tokens, self._stamp = float(burst), clock()
+
+    def take(self) -> bool:
+        if not self._rate:
+            return True
+        now = self._clock()
+        tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
+
+def _lane_name(key: tuple[str, int]) -> str:
+    kind, number = key
+    if kind == "pager":
+        return f"pager {number}" if number else "the base station"
+    return f"schedule {number}"
+
+
+def _too_large(size: int, limits: LimitSettings) -> InvalidPayload:
+    return InvalidPayload(f"payload is {size} bytes; the limit is {limits.max_payload}")
 
 
 def _correlation(transaction: str | int | None, inbound: Inbound) -> str:

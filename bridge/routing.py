@@ -123,6 +123,8 @@ def _decode(decoder: msgspec.json.Decoder[T], payload: bytes, actions: tuple[str
         return decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise _explain(exc, payload, actions) from None
+    except RecursionError:
+        raise InvalidPayload("payload is nested too deeply to be read") from None
     except UnicodeDecodeError as exc:
         # msgspec raises this, not DecodeError, for invalid UTF-8 inside a JSON string.
         raise InvalidPayload(f"payload is not UTF-8 (byte {exc.start})") from None
@@ -161,7 +163,9 @@ def _humanize(text: str) -> str:
 def _peek(payload: bytes, field: str) -> Any:
     try:
         data = _LENIENT.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # msgspec recurses once per level of nesting: about 1,000 levels (4 KB of brackets)
+        # exhaust the stack. Such a payload has no field to read.
         return None
     return data.get(field) if isinstance(data, dict) else None
 

@@ -56,6 +56,8 @@ class Site:
             self.topics,
             metrics,
             receive_maximum=settings.limits.max_in_flight,
+            max_payload=settings.limits.max_payload,
+            inbox_limit=settings.limits.max_queued,
             site=name,
         )
         self.transmitter = Transmitter(
@@ -174,7 +176,7 @@ class Site:
         """The site's loops, each supervised: a failure no one expected restarts that loop,
         never the process (bridge.supervise)."""
         loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            ("mqtt", lambda: self.link.run(self.dispatcher.submit)),
+            ("mqtt", lambda: self.link.run(self.dispatcher.submit, self.dispatcher.shed)),
             ("pager-watch", self.pager.watch),
         ]
         if self.claim is not None:

@@ -26,6 +26,12 @@ the asyncio loop; this module is the session policy the bridge needs on top:
 - Back-pressure reaches the socket: the handler is awaited for each command before the next is
   handed over, and when `receive_maximum` messages wait unhandled the link stops reading from
   the broker (nothing of ours awaits a PUBACK then, so nothing is starved of one).
+- Bounded intake whatever a publisher sends. MQTT 5: the CONNECT says the largest packet the
+  bridge takes (`max_payload` plus room for topic and properties), so the broker discards larger
+  ones. Any protocol: a payload over `max_payload` is not kept (only its size, for the answer),
+  and a QoS 0 command arriving while `inbox_limit` messages wait is handed to `shed` (answered
+  `overloaded`) instead of queued: QoS 0 has no Receive Maximum to hold it back, and reading
+  cannot pause while our own publishes wait for PUBACKs.
 - A lost connection ends every wait on it: the set-up stops, and the reader's wait for the
   handler (a full window) is cancelled so that the link reconnects at once. A silent broker is
   dropped too: paho's keepalive (no PINGRESP within a keepalive), or no PUBACK for `op_timeout`
@@ -67,10 +73,14 @@ _NOT_AUTHORIZED: Final = frozenset({0x86, 0x87})
 _WRONG_PROTOCOL: Final = 0x84
 # In-flight publishes towards an MQTT 3.1.1 broker, which cannot say what it allows.
 _WINDOW_311: Final = 100
+# Room in the Maximum Packet Size (MQTT 5) beyond the payload: fixed header, topic, Response
+# Topic, Correlation Data and user properties of any sane command.
+PACKET_ROOM: Final = 65536
 
 Held = tuple[str, bytes, bool, "Properties | None", "asyncio.Future[None]"]
 
 Handler = Callable[["Inbound"], Awaitable[None]]
+Shed = Callable[["Inbound"], None]
 ConnectHook = Callable[[], Awaitable[None]]
 Watcher = Callable[[str, bytes], None]
 
@@ -89,12 +99,17 @@ class Inbound:
         "received",
         "response_topic",
         "retain",
+        "size",
         "topic",
     )
 
-    def __init__(self, topic: str, message: paho.MQTTMessage, generation: int) -> None:
+    def __init__(
+        self, topic: str, message: paho.MQTTMessage, generation: int, max_payload: int = 1 << 28
+    ) -> None:
         self.topic = topic
-        self.payload = bytes(message.payload)
+        self.size = len(message.payload)
+        # An oversized payload is not kept: only its size is needed to answer it.
+        self.payload = bytes(message.payload) if self.size <= max_payload else b""
         self.mid: int = message.mid
         self.qos: int = message.qos
         self.retain: bool = message.retain
@@ -182,6 +197,8 @@ class MqttLink:
         metrics: Metrics,
         *,
         receive_maximum: int = 100,
+        max_payload: int = 1 << 20,
+        inbox_limit: int = 1000,
         buffer: int = 10_000,
         site: str = "default",
     ) -> None:
@@ -190,6 +207,9 @@ class MqttLink:
         self._topics = topics
         self._metrics = metrics
         self._receive_maximum = max(1, min(receive_maximum, 65535))
+        self._max_payload = max_payload
+        self._inbox_limit = max(inbox_limit, self._receive_maximum)
+        self._shed: Shed | None = None
         self._buffer = buffer
         self._client = self._new_client()
         self._driver: PahoDriver | None = None
@@ -251,6 +271,7 @@ class MqttLink:
             properties = _properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = settings.session_expiry
             properties.ReceiveMaximum = self._receive_maximum
+            properties.MaximumPacketSize = self._max_payload + PACKET_ROOM
             client.connect_async(
                 address.host,
                 address.port,
@@ -270,14 +291,16 @@ class MqttLink:
 
     # -- connection lifecycle ------------------------------------------------------------------
 
-    async def run(self, handler: Handler) -> None:
+    async def run(self, handler: Handler, shed: Shed | None = None) -> None:
         """Connect, subscribe and feed messages to `handler`, reconnecting until `stop()`.
 
         `handler` is awaited for each command message before the next is handed over: it
         applies back-pressure by not returning while the bridge is full. If the connection is
         lost meanwhile, that wait is cancelled (so `handler` must be safe to cancel while it
-        waits) and the message is left to the broker to redeliver.
+        waits) and the message is left to the broker to redeliver. `shed` gets the QoS 0
+        commands that arrive while the inbox is full, at once (it must not block).
         """
+        self._shed = shed
         self._driver = PahoDriver(self._client)
         self._driver.on_misc = self._watchdog
         attempt = 0
@@ -617,7 +640,11 @@ class MqttLink:
                 self._client.ack(message.mid, message.qos)
             return
         inbox = conn.inbox
-        inbox.append(Inbound(topic, message, conn.generation))
+        inbound = Inbound(topic, message, conn.generation, self._max_payload)
+        if not inbound.qos and len(inbox) >= self._inbox_limit and self._shed is not None:
+            self._shed(inbound)
+            return
+        inbox.append(inbound)
         # Pause only once the handler is being fed: during the set-up the SUBACK and PUBACK it
         # waits for may sit behind the commands a resumed session delivers first.
         full = len(inbox) >= self._receive_maximum
@@ -733,6 +760,22 @@ class MqttLink:
         else:
             self._hand_over(topic, payload, retain, properties, waiter)
         return waiter
+
+    def publish_once(self, topic: str, payload: bytes, *, correlation: bytes | None = None) -> bool:
+        """Publish at QoS 0, now, if the link is up; False if it is not (nothing is kept).
+
+        For answers to QoS 0 commands the bridge sheds: at most once, like the command, and
+        with no PUBACK to wait for, no window to queue in and nothing kept across reconnects.
+        """
+        conn = self._conn
+        if conn is None or not conn.up or not is_publishable(topic):
+            return False
+        properties = None
+        if self.v5 and correlation is not None:
+            properties = _properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = correlation
+        self._client.publish(topic, payload, 0, False, properties)
+        return True
 
     def _hand_over(
         self,

@@ -52,6 +52,8 @@ log = logging.getLogger("bridge.mqtt")
 
 MISC_INTERVAL = 1.0
 READ_SIZE = 65536
+# Packets read in one go before the answers they caused are written.
+WRITE_EVERY = 128
 
 
 class BulkSocket:
@@ -336,11 +338,17 @@ class PahoDriver:
 
     def _readable(self) -> None:
         client = self._client
+        count = 0
         while self._sock is not None and not self._paused:
             if client.loop_read() != paho.MQTT_ERR_SUCCESS:
                 return  # paho closed the socket and reported it through on_disconnect
             if not self._unread():
                 return
+            count += 1
+            if count % WRITE_EVERY == 0 and self._write_soon:
+                # A long read (a flood, each message answered) writes as it goes, so what
+                # paho queues meanwhile stays short.
+                self._writable()
 
     def _unread(self) -> int:
         """Bytes that wait where epoll cannot see them (our buffer, the SSL object's)."""

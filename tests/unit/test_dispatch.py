@@ -1,0 +1,220 @@
+"""Dispatch policy with a fake link below the MQTT seam: fairness, admission, contained failures.
+
+The same behaviour through a real broker and transmitter is in tests/e2e and, under floods, in
+tests/faults/test_hostile_publishers.py; here the order of execution can be pinned exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+
+from bridge.config import LimitSettings, PagerSettings
+from bridge.dispatch import Dispatcher, TokenBucket
+from bridge.metrics import Metrics
+from bridge.mqtt import Inbound
+from bridge.routing import Request, Router
+from bridge.topics import Topics
+
+
+class FakeLink:
+    """Publishes succeed at once; what was published and acknowledged is recorded."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any], int]] = []
+        self.acked: list[int] = []
+
+    def ack(self, inbound: Inbound) -> None:
+        self.acked.append(inbound.mid)
+
+    def publish_soon(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,  # noqa: ARG002 - the Link protocol's signature
+        correlation: bytes | None = None,  # noqa: ARG002
+    ) -> Awaitable[None]:
+        self.published.append((topic, json.loads(payload), 1))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    def publish_once(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        correlation: bytes | None = None,  # noqa: ARG002 - the Link protocol's signature
+    ) -> bool:
+        self.published.append((topic, json.loads(payload), 0))
+        return True
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        return {str(body.get("transaction")): body for _, body, _ in self.published}
+
+
+_mids = iter(range(1, 1_000_000))
+
+
+def inbound(topic: str, body: dict[str, Any] | bytes, qos: int = 1) -> Inbound:
+    message = paho.MQTTMessage(next(_mids), topic.encode())
+    message.payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    message.qos = qos
+    return Inbound(topic, message, generation=1)
+
+
+class Transmitter:
+    """An `execute` that records the order commands start in and finishes them on demand."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, request: Request) -> Any:
+        self.started.append(str(request.command.transaction))
+        await self.release.wait()
+        return {"done": True}
+
+
+def dispatcher(
+    execute: Any, link: FakeLink | None = None, metrics: Metrics | None = None, **limits: Any
+) -> tuple[Dispatcher, FakeLink, Metrics]:
+    settings = LimitSettings(**limits)
+    link = link or FakeLink()
+    metrics = metrics or Metrics()
+    router = Router(Topics(), PagerSettings(), settings)
+    return Dispatcher(router, link, execute, metrics, settings), link, metrics
+
+
+def count(metrics: Metrics, outcome: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "iotbridge_commands_total", {"route": "pager", "action": "page", "outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def test_waiting_lanes_take_turns() -> None:
+    """One command at a time: a publisher with five commands for pager 1 does not make pager 2
+    and 3 wait for all five; each lane gets one command per turn."""
+    transmitter = Transmitter()
+    dispatch, link, _ = dispatcher(transmitter, max_in_flight=1)
+    for n in range(5):
+        await dispatch.submit(inbound("pager/1/action", {"action": "page", "transaction": f"a{n}"}))
+    await dispatch.submit(inbound("pager/2/action", {"action": "page", "transaction": "b"}))
+    await dispatch.submit(inbound("pager/3/action", {"action": "page", "transaction": "c"}))
+    transmitter.release.set()
+    assert await dispatch.drain(5)
+    assert transmitter.started == ["a0", "b", "c", "a1", "a2", "a3", "a4"]
+    assert len(link.acked) == 7
+
+
+async def test_a_full_lane_answers_overloaded_at_once() -> None:
+    transmitter = Transmitter()
+    dispatch, link, metrics = dispatcher(transmitter, lane_depth=3)
+    for n in range(10):
+        await dispatch.submit(inbound("pager/4/action", {"action": "page", "transaction": f"t{n}"}))
+    await asyncio.sleep(0.01)
+    refused = {t for t, r in link.results().items() if r["status"] == "error"}
+    assert refused == {f"t{n}" for n in range(3, 10)}  # answered before the lane moved
+    message = link.results()["t3"]["error"]["message"]
+    assert "3 commands already wait for pager 4" in message
+    transmitter.release.set()
+    assert await dispatch.drain(5)
+    assert transmitter.started == ["t0", "t1", "t2"]
+    assert count(metrics, "overloaded") == 7
+    assert len(link.acked) == 10  # refused is answered and acknowledged, never left hanging
+
+
+async def test_the_site_rate_limit_answers_overloaded() -> None:
+    transmitter = Transmitter()
+    transmitter.release.set()
+    dispatch, link, metrics = dispatcher(transmitter, rate=1.0, burst=5)
+    for n in range(8):
+        await dispatch.submit(
+            inbound(f"pager/{n + 1}/action", {"action": "page", "transaction": f"r{n}"})
+        )
+    assert await dispatch.drain(5)
+    statuses = [link.results()[f"r{n}"]["status"] for n in range(8)]
+    assert statuses == ["ok"] * 5 + ["error"] * 3
+    assert "at most 1 commands a second (bursts of 5)" in link.results()["r7"]["error"]["message"]
+    assert count(metrics, "overloaded") == 3
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    now = [0.0]
+    bucket = TokenBucket(2.0, 3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] = 0.5  # one token back
+    assert [bucket.take() for _ in range(2)] == [True, False]
+    now[0] = 100.0  # never more than the burst
+    assert sum(bucket.take() for _ in range(10)) == 3
+    assert all(TokenBucket(0, 1).take() for _ in range(1000))  # 0: no limit
+
+
+async def test_a_shed_qos0_command_is_answered_at_qos0_and_counted() -> None:
+    dispatch, link, metrics = dispatcher(Transmitter())
+    command = inbound("pager/5/action", {"action": "page", "transaction": "q0"}, qos=0)
+    dispatch.shed(command)
+    assert link.published == [("pager/5/action/result", link.results()["q0"], 0)]
+    assert link.results()["q0"]["error"]["code"] == "overloaded"
+    assert count(metrics, "overloaded") == 1
+    assert await dispatch.drain(1)
+
+
+async def test_an_oversized_payload_is_answered_from_its_size() -> None:
+    dispatch, link, _ = dispatcher(Transmitter(), max_payload=1024)
+    message = paho.MQTTMessage(1, b"pager/6/action")
+    message.payload = b'{"action":"page","label":"' + b"x" * 5000 + b'"}'
+    message.qos = 1
+    big = Inbound("pager/6/action", message, generation=1, max_payload=1024)
+    assert big.payload == b""  # not kept
+    await dispatch.submit(big)
+    assert await dispatch.drain(1)
+    ((topic, result, _),) = link.published
+    assert topic == "pager/6/action/result"
+    assert result["error"] == {
+        "code": "invalid_payload",
+        "message": "payload is 5028 bytes; the limit is 1024",
+    }
+
+
+async def test_deep_nesting_is_bad_input_not_a_crash(caplog: pytest.LogCaptureFixture) -> None:
+    """4 KB of brackets exhausts msgspec's recursion: an `invalid_payload` answer, no
+    traceback in the log (it used to be an ERROR with one per message, and `internal_error`)."""
+    dispatch, link, _ = dispatcher(Transmitter())
+    for body in (
+        b'{"action":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b"[" * 5000,
+        b'{"transaction":' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ):
+        await dispatch.submit(inbound("pager/7/action", body))
+    assert await dispatch.drain(1)
+    codes = [result["error"]["code"] for _, result, _ in link.published]
+    assert codes == ["invalid_payload"] * 3
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_an_unexpected_failure_is_an_upstream_error_logged_once_in_full(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(_request: Request) -> Any:
+        raise KeyError("reply field")
+
+    dispatch, link, _ = dispatcher(broken)
+    for n in range(3):
+        await dispatch.submit(
+            inbound(f"pager/{n + 1}/action", {"action": "page", "transaction": f"k{n}"})
+        )
+    assert await dispatch.drain(1)
+    errors = [result["error"] for _, result, _ in link.published]
+    assert {e["code"] for e in errors} == {"upstream_error"}  # the documented vocabulary
+    assert "KeyError" in errors[0]["message"]
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1
