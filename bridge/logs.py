@@ -1,7 +1,11 @@
 """Logging set-up: readable text by default, JSON lines by config; secrets scrubbed always.
 
-The scrubber replaces every configured secret with *** in the final text of each record, whatever
-logged it (our code or a library), so a password can never reach the log even by accident.
+- Every configured secret is replaced with *** in the final text of each record, traceback
+  included, whatever logged it (our code or a library), so a password never reaches the log even
+  by accident.
+- In text format, control characters in a message are escaped (a newline becomes `\\n`): text
+  that came from outside (a device's or Sensaphone's error message, a topic) cannot forge a log
+  line. JSON lines escape them by construction.
 """
 
 from __future__ import annotations
@@ -28,37 +32,64 @@ class CorrelationFilter(logging.Filter):
         return True
 
 
-class _Scrubber(logging.Filter):
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self._secrets = [s for s in secrets if len(s) >= 3]
+# C0 controls and DEL, escaped the way Python writes them in a string literal.
+_CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(32), 127)}
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
-        text = record.getMessage()
-        clean = text
+
+class Scrubber:
+    """Replaces each secret (three characters or more) with ***."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        # Longest first, so a secret that contains another is replaced whole.
+        self._secrets = sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
         for secret in self._secrets:
-            clean = clean.replace(secret, "***")
-        if clean != text:
-            record.msg, record.args = clean, None
-        return True
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: newlines, carriage returns and other control characters escaped."""
+    return text.translate(_CONTROLS)
+
+
+class _TextFormatter(logging.Formatter):
+    def __init__(self, fmt: str, scrub: Scrubber) -> None:
+        super().__init__(fmt)
+        self._scrub = scrub
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escape_controls(record.message)
+        # The correlation id is a command's transaction: the publisher's text, too.
+        record.correlation_id = escape_controls(str(getattr(record, "correlation_id", "-")))
+        return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._scrub(super().format(record))
 
 
 class _JsonFormatter(logging.Formatter):
+    def __init__(self, scrub: Scrubber) -> None:
+        super().__init__()
+        self._scrub = scrub
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": self._scrub(record.getMessage()),
         }
         cid = getattr(record, "correlation_id", "-")
         if cid != "-":
             entry["correlation_id"] = cid
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = self._scrub(self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack"] = self._scrub(self.formatStack(record.stack_info))
         return _ENCODER.encode(entry).decode()
 
 
@@ -92,13 +123,13 @@ class Budget:
 
 def configure(level: str, fmt: str, secrets: list[str]) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_Scrubber(secrets))
     handler.addFilter(CorrelationFilter())
+    scrub = Scrubber(secrets)
     if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(_JsonFormatter(scrub))
     else:
         text = "%(asctime)s %(levelname)-7s %(name)s [%(correlation_id)s] %(message)s"
-        handler.setFormatter(logging.Formatter(text))
+        handler.setFormatter(_TextFormatter(text, scrub))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
