@@ -130,6 +130,11 @@ class Metrics:
             "Messages the broker reports it dropped ($SYS/broker/publish/messages/dropped)",
             registry=r,
         )
+        self.http_refused = Counter(
+            "iotbridge_http_connections_refused",
+            "Connections to the metrics and probes port closed at once: too many were open",
+            registry=r,
+        )
         self.outbound_dropped = Counter(
             "iotbridge_outbound_dropped",
             "Outbound messages not published: too many already waiting for the broker",
