@@ -131,7 +131,9 @@ def _parser() -> argparse.ArgumentParser:
         description="The Sensaphone.net REST API (login and schedule time ranges) over HTTP, or\n"
         "HTTPS with --cert/--key; the demo account is user 'demo', password\n"
         "'demo-password'. Point the bridge at it with\n"
-        "IOTBRIDGE_SENSAPHONE_URL=http://HOST:PORT/api/v1.",
+        "IOTBRIDGE_SENSAPHONE_URL=https://HOST:PORT/api/v1, or for plain HTTP\n"
+        "IOTBRIDGE_SENSAPHONE_URL=http://HOST:PORT/api/v1 and\n"
+        "IOTBRIDGE_SENSAPHONE_ALLOW_INSECURE=true.",
         formatter_class=argparse.RawTextHelpFormatter,
     )
     sens.add_argument("--host", default="127.0.0.1")
@@ -177,6 +179,8 @@ def _run() -> int:
     from bridge.app import Bridge  # noqa: PLC0415
 
     logs.configure(settings.log.level, settings.log.format, config.secrets_of(settings))
+    for warning in config.insecure(settings):
+        logging.getLogger("bridge.config").warning("insecure: %s", warning)
     run_loop(Bridge(settings).run(), settings.event_loop)
     return 0
 
@@ -198,6 +202,8 @@ def _check_config() -> int:
     settings = config.load()
     text = yaml.safe_dump(config.redacted(settings), sort_keys=False, default_flow_style=False)
     print(text, end="")  # noqa: T201
+    for warning in config.insecure(settings):
+        print(f"warning: insecure: {warning}", file=sys.stderr)  # noqa: T201
     return 0
 
 

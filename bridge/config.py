@@ -103,6 +103,9 @@ class SensaphoneSettings(Section, frozen=True):
     password: str | None = None
     password_file: str | None = None
     mode: Literal["json", "uri"] = "json"
+    # An http:// URL sends the password in clear: refused unless this says it is meant (a
+    # simulator, a test rig), and then warned about at every start.
+    allow_insecure: bool = False
     # CA bundle for the API's certificate; SSL_CERT_FILE is honoured as well.
     ca_file: str | None = None
     timeout: PositiveFloat = 10.0
@@ -374,6 +377,28 @@ def broker_address(mqtt: MqttSettings) -> BrokerAddress:
         websocket=websocket,
         path=path,
     )
+
+
+def insecure(settings: Settings) -> list[str]:
+    """What the configuration allows but sends a secret in clear: each a WARNING at start-up
+    and a line of `check-config`."""
+    found = []
+    address = broker_address(settings.mqtt)
+    if address.password and not address.tls:
+        scheme = urlsplit(settings.mqtt.url).scheme
+        found.append(
+            f"mqtt.url: {scheme}:// sends the MQTT password in clear to "
+            f"{address.host}:{address.port}; use {'wss' if address.websocket else 'mqtts'}://"
+        )
+    parts: list[tuple[str, SensaphoneSettings | None]] = [("sensaphone", settings.sensaphone)]
+    parts += [(f"sites[{i}].sensaphone", s.sensaphone) for i, s in enumerate(settings.sites)]
+    for where, sensaphone in parts:
+        if sensaphone is not None and urlsplit(sensaphone.url).scheme == "http":
+            found.append(
+                f"{where}.url: http:// sends the Sensaphone password in clear "
+                f"({where}.allow_insecure is set); use https://"
+            )
+    return found
 
 
 def client_id_or_default(mqtt: MqttSettings) -> str:

@@ -126,6 +126,11 @@ def _pager(pager: PagerSettings, where: str) -> list[str]:
 
 def _sensaphone(sensaphone: SensaphoneSettings, where: str) -> list[str]:
     problems = _url(sensaphone.url, f"{where}.url", ("http", "https"))
+    if not problems and urlsplit(sensaphone.url).scheme == "http" and not sensaphone.allow_insecure:
+        problems.append(
+            f"{where}.url: http:// would send the Sensaphone password in clear; use https://, "
+            f"or set {where}.allow_insecure: true where that is meant (a simulator, a test rig)"
+        )
     problems += [
         f"{where}.schedules.{key}: ids are numbers"
         for key in sensaphone.schedules

@@ -107,6 +107,8 @@ def _bridge_env(mqtt_port: int, http_port: int, coap_port: int, rest_port: int) 
         IOTBRIDGE_PAGER_NUMBERS="1,2,3,66",
         IOTBRIDGE_DISCOVERY_ENABLED="true",
         IOTBRIDGE_SENSAPHONE_URL=f"http://127.0.0.1:{rest_port}/api/v1",
+        # The simulator, on loopback, with the demo account: plain HTTP is meant here.
+        IOTBRIDGE_SENSAPHONE_ALLOW_INSECURE="true",
         IOTBRIDGE_SENSAPHONE_USER="demo",
         IOTBRIDGE_SENSAPHONE_PASSWORD=DEMO_PASSWORD,
         IOTBRIDGE_SENSAPHONE_SCHEDULES=DEMO_SCHEDULES,

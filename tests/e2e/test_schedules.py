@@ -40,6 +40,7 @@ def schedule_bridge(
     def make(**env: str) -> AbstractAsyncContextManager[Bridge]:
         base = {
             "sensaphone_url": sensaphone.url,
+            "sensaphone_allow_insecure": "true",  # the simulator, over plain HTTP
             "sensaphone_user": "demo",
             "sensaphone_password": PASSWORD,
             "sensaphone_mode": mode,

@@ -153,6 +153,7 @@ async def test_fuzzed_commands_each_get_one_answer(
     client.on_message = on_message
     env = {
         "sensaphone_url": sensaphone.url,
+        "sensaphone_allow_insecure": "true",  # the simulator, over plain HTTP
         "sensaphone_user": "demo",
         "sensaphone_password": "demo-password",
         "sensaphone_schedules": "{'28487': {kind: default_schedule, device_id: 1234}}",

@@ -43,6 +43,7 @@ async def test_every_schedule_command_answered_and_no_create_twice(
     client.on_message = ledger.on_message
     env = {
         "sensaphone_url": sensaphone.url,
+        "sensaphone_allow_insecure": "true",  # the simulator, over plain HTTP
         "sensaphone_user": "demo",
         "sensaphone_password": "demo-password",
         "sensaphone_timeout": "3",

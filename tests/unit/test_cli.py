@@ -139,3 +139,33 @@ def test_every_command_explains_itself() -> None:
         shown = iotbridge(*command, "--help")
         assert shown.returncode == 0
         assert shown.stdout.count("\n") > 4, command
+
+
+def test_secrets_in_clear_are_refused_or_warned_about() -> None:
+    """An http:// Sensaphone URL is refused unless allow_insecure says it is meant; a password
+    over mqtt:// is allowed, and warned about by check-config and at every start."""
+    refused = iotbridge("check-config", IOTBRIDGE_SENSAPHONE_URL="http://sensaphone.lan/api/v1")
+    assert refused.returncode == 2
+    assert "sensaphone.url: http:// would send the Sensaphone password in clear" in refused.stderr
+    assert "sensaphone.allow_insecure: true" in refused.stderr
+    allowed = iotbridge(
+        "check-config",
+        IOTBRIDGE_SENSAPHONE_URL="http://sensaphone.lan/api/v1",
+        IOTBRIDGE_SENSAPHONE_ALLOW_INSECURE="true",
+        IOTBRIDGE_MQTT_URL="mqtt://bridge:hunter22@broker.lan:1883",
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stderr.splitlines() == [
+        (
+            "warning: insecure: mqtt.url: mqtt:// sends the MQTT password in clear to "
+            "broker.lan:1883; use mqtts://"
+        ),
+        (
+            "warning: insecure: sensaphone.url: http:// sends the Sensaphone password in clear "
+            "(sensaphone.allow_insecure is set); use https://"
+        ),
+    ]
+    assert "hunter22" not in allowed.stderr
+    quiet = iotbridge("check-config", IOTBRIDGE_MQTT_URL="mqtts://bridge:hunter22@broker.lan")
+    assert quiet.returncode == 0
+    assert quiet.stderr == ""
