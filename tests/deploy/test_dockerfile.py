@@ -1,11 +1,14 @@
 """The Dockerfile, read as text, agrees with the chart's default render.
 
 No Docker engine is needed: the image cannot be built here, so these checks keep the two sides
-(image and chart) from drifting apart: user, port, entry point, and a pinned, tool-free base.
+(image and chart) from drifting apart: user, port, entry point, and a base pinned by digest. They
+also hold the supply chain: dependencies only from the hashed lock files (tests/deploy/test_lock.py
+holds those to pyproject.toml), and no pip, setuptools or wheel left in the image.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -18,6 +21,10 @@ from tests.deploy.test_helm import container, env_of, pod_spec, render
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 BUILD_TOOLS = ("gcc", "g++", "build-essential", "make", "cc1", "clang", "python3-dev")
+LOCKS = {"requirements.lock": "/opt/iotbridge", "requirements-build.lock": "/opt/build"}
+INSTALLERS = {"pip", "setuptools", "wheel"}
+# python:<3.11 patch release>-slim-<Debian release>@sha256:<digest>
+BASE = re.compile(r"python:3\.11\.\d+-slim-[a-z]+@sha256:[0-9a-f]{64}")
 
 
 @dataclass
@@ -69,26 +76,101 @@ def env_vars(stage: Stage) -> dict[str, str]:
     return values
 
 
+def commands(stage: Stage) -> list[list[str]]:
+    """Every shell command of the stage's RUN lines, split into words, in order."""
+    return [
+        shlex.split(part)
+        for args in stage.all("RUN")
+        for part in re.split(r"&&|;", args)
+        if part.strip()
+    ]
+
+
+def pip_args(words: list[str]) -> list[str] | None:
+    """The arguments of a pip command (`.../pip ...` or `python -m pip ...`), else None."""
+    if words and words[0].rpartition("/")[2] == "pip":
+        return words[1:]
+    if len(words) > 2 and words[1:3] == ["-m", "pip"]:
+        return words[3:]
+    return None
+
+
+def pip_commands(stage: Stage) -> list[tuple[str, list[str]]]:
+    """(interpreter or pip path, arguments) of each pip command in the stage."""
+    found = []
+    for words in commands(stage):
+        args = pip_args(words)
+        if args is not None:
+            found.append((words[0], args))
+    return found
+
+
 def test_multi_stage_build_installs_a_wheel_into_a_venv() -> None:
     builder, *_ = stages()
     assert len(stages()) == 2
     assert builder.name == "builder"
     assert builder.base.startswith("python:3.11")
     run = " ".join(builder.all("RUN"))
-    assert "pip wheel" in run
     assert "python -m venv /opt/iotbridge" in run
-    assert "/opt/iotbridge/bin/pip install /wheels/" in run
+    assert "/opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels ." in run
+    assert "/opt/iotbridge/bin/pip install --no-deps /wheels/*.whl" in run
     assert final().all("COPY") == ["--from=builder /opt/iotbridge /opt/iotbridge"]
 
 
-def test_base_images_are_pinned_to_a_patch_release() -> None:
+def test_base_images_are_pinned_by_digest_to_a_patch_release() -> None:
     for stage in stages():
-        image, sep, tag = stage.base.partition(":")
-        assert sep, f"{stage.base} has no tag"
-        assert tag != "latest"
-        assert re.fullmatch(r"3\.11\.\d+-slim-[a-z]+", tag), f"{stage.base} is not pinned"
-        assert image == "python"
+        assert BASE.fullmatch(stage.base), f"{stage.base} is not a patch release pinned by digest"
     assert len({stage.base for stage in stages()}) == 1, "builder and runtime differ"
+    # The tag is kept beside the digest: it says what the digest is and how to refresh it.
+    header = DOCKERFILE.read_text(encoding="utf-8").split("\nFROM ", 1)[0]
+    tag = stages()[0].base.partition("@")[0]
+    assert f"docker buildx imagetools inspect {tag}" in header
+
+
+def test_dependencies_come_from_the_locks_with_hashes() -> None:
+    builder = stages()[0]
+    copied = {word for args in builder.all("COPY") for word in args.split()[:-1]}
+    assert set(LOCKS) <= copied
+    installs = {}
+    for where, args in pip_commands(builder):
+        if args[0] != "install":
+            continue
+        assert "--no-deps" in args, f"{where} {args}: the lock is the whole of the dependencies"
+        if "-r" in args:
+            assert "--require-hashes" in args, f"{where} {args}"
+            assert "--only-binary" in args, f"{where} {args}: an sdist build is not checked"
+            assert args[args.index("--only-binary") + 1] == ":all:"
+            installs[args[args.index("-r") + 1]] = where.removesuffix("/bin/pip")
+        else:  # only the wheel the build itself made, from the source tree
+            assert [a for a in args[1:] if not a.startswith("-")] == ["/wheels/*.whl"]
+    assert installs == LOCKS
+    # The project's wheel is built with the locked setuptools, not a freshly fetched one.
+    (wheel,) = [(where, args) for where, args in pip_commands(builder) if args[0] == "wheel"]
+    assert wheel[0] == f"{LOCKS['requirements-build.lock']}/bin/pip"
+    assert "--no-build-isolation" in wheel[1]
+    assert "--no-deps" in wheel[1]
+
+
+def uninstalled(args: list[str]) -> set[str]:
+    assert args[:2] == ["uninstall", "-y"], args
+    return set(args[2:])
+
+
+def test_no_pip_is_left_in_the_image() -> None:
+    builder = stages()[0]
+    venv = [(where, args) for where, args in pip_commands(builder) if "/opt/iotbridge/" in where]
+    # pip check last confirms the lock was complete; then the venv's own installers go.
+    assert [args[0] for _, args in venv][-3:] == ["install", "check", "uninstall"]
+    assert venv[-1][0] == "/opt/iotbridge/bin/python"
+    assert uninstalled(venv[-1][1]) == INSTALLERS
+    # The base image's pip (and ensurepip's bundled copies), before anything else runs.
+    first, *rest = pip_commands(final())
+    assert first[0] == "python"
+    assert uninstalled(first[1]) == INSTALLERS
+    assert not rest, "pip is used after it was removed"
+    assert ["rm", "-rf", "/usr/local/lib/python3.11/ensurepip/_bundled"] in commands(final())
+    # Only the venv crosses over; the build venv (with setuptools) stays behind.
+    assert all("/opt/build" not in args for args in final().all("COPY"))
 
 
 def test_final_stage_has_no_build_tools() -> None:
@@ -136,12 +218,29 @@ def test_entrypoint_runs_iotbridge_run() -> None:
     assert "/opt/iotbridge/bin" in env_vars(final())["PATH"].split(":")
 
 
+def ignored(path: str, patterns: set[str]) -> bool:
+    """Whether .dockerignore leaves `path` (or the folder it is in) out of the build context."""
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(
+        fnmatch.fnmatch(prefix, pattern.rstrip("/").removeprefix("**/"))
+        or fnmatch.fnmatch(prefix, pattern.rstrip("/"))
+        for pattern in patterns
+        for prefix in prefixes
+    )
+
+
 def test_dockerignore_keeps_the_context_small() -> None:
-    ignored = {
+    patterns = {
         line.strip()
         for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert {".venv", ".git", "tests", ".mypy_cache", ".pytest_cache", ".ruff_cache"} <= ignored
+    assert not any(p.startswith("!") for p in patterns), "exceptions are not read here"
+    assert {".venv", ".git", "tests", ".mypy_cache", ".pytest_cache", ".ruff_cache"} <= patterns
     copied = {word for args in stages()[0].all("COPY") for word in args.split()[:-1]}
-    assert not copied & ignored, "the build copies something the context leaves out"
+    assert set(LOCKS) <= copied
+    assert not [path for path in copied if ignored(path, patterns)], "the build needs these"
+    assert all((ROOT / path).exists() for path in copied)
+    assert ignored("tests/deploy/test_dockerfile.py", patterns)
+    assert ignored("bridge/__pycache__/app.cpython-311.pyc", patterns)
