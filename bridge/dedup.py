@@ -58,8 +58,12 @@ class Dedup:
         size: int,
         max_bytes: int,
         clock: Callable[[], float] = time.monotonic,
+        evicted: Callable[[], None] = lambda: None,
     ) -> None:
+        """`evicted()` is called for each entry forgotten within its window because the size
+        or byte bound was reached: a retry of that command would be carried out again."""
         self._clock = clock
+        self._evicted = evicted
         self._window = window
         self._size = size
         self._max_bytes = max_bytes
@@ -134,3 +138,5 @@ class Dedup:
         while items and (len(items) > self._size or self._bytes > self._max_bytes):
             _, oldest = items.popitem(last=False)
             self._release(oldest)
+            if self._clock() - oldest.at <= self._window:
+                self._evicted()

@@ -100,7 +100,12 @@ class Dispatcher:
         self._execute = execute
         self._metrics = metrics
         self._limits = limits
-        self._dedup = Dedup(limits.dedup_window, limits.dedup_size, limits.dedup_bytes)
+        self._dedup = Dedup(
+            limits.dedup_window,
+            limits.dedup_size,
+            limits.dedup_bytes,
+            evicted=metrics.child(metrics.limits_reached, "dedup").inc,
+        )
         self._log_budget = Budget(LOG_BUDGET, 60.0)
         self._room = asyncio.Semaphore(limits.max_queued)
         self._bucket = TokenBucket(limits.rate, limits.burst)
@@ -119,6 +124,7 @@ class Dispatcher:
         await self._room.acquire()
         self._accept()
         if inbound.size > self._limits.max_payload:
+            self._reached("max_payload")
             self._spawn(self._answer_invalid(inbound, _too_large(inbound.size, self._limits)))
             return
         try:
@@ -134,11 +140,13 @@ class Dispatcher:
         lane = self._lanes.get(request.key)
         refusal = None
         if not self._bucket.take():
+            self._reached("rate")
             refusal = Overloaded(
                 f"this site takes at most {self._limits.rate:g} commands a second "
                 f"(bursts of {self._limits.burst}); try again later"
             )
         elif lane is not None and len(lane) >= self._limits.lane_depth:
+            self._reached("lane_depth")
             refusal = Overloaded(
                 f"{len(lane)} commands already wait for {_lane_name(request.key)} "
                 f"(limits.lane_depth); try again once they are answered"
@@ -156,6 +164,7 @@ class Dispatcher:
         """Answer `overloaded`, at once and at QoS 0, to a QoS 0 command the link will not
         queue (its inbox is full): the answer is all such a command costs, so a flood is read
         through quickly and what others publish behind it is not held up."""
+        self._reached("qos0_inbox")
         try:
             transaction = transaction_of(inbound.payload)
         except Exception:  # noqa: BLE001 - best effort; the answer must go out regardless
@@ -174,6 +183,9 @@ class Dispatcher:
         metrics.child(metrics.commands, route, action, SHED.code).inc()
         seconds = time.perf_counter() - inbound.received
         metrics.child(metrics.command_seconds, route).observe(seconds)
+
+    def _reached(self, limit: str) -> None:
+        self._metrics.child(self._metrics.limits_reached, limit).inc()
 
     def _accept(self) -> None:
         self._count += 1

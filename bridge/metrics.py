@@ -130,9 +130,10 @@ class Metrics:
             "Messages the broker reports it dropped ($SYS/broker/publish/messages/dropped)",
             registry=r,
         )
-        self.http_refused = Counter(
-            "iotbridge_http_connections_refused",
-            "Connections to the metrics and probes port closed at once: too many were open",
+        self.limits_reached = Counter(
+            "iotbridge_limits_reached",
+            "Times a bound refused or forgot something, by limit (README, Security)",
+            ["limit"],
             registry=r,
         )
         self.outbound_dropped = Counter(

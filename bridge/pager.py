@@ -263,6 +263,8 @@ class PagerService:
             for name in self.tracker.events:
                 self._metrics.child(self._metrics.pager_events, name).inc()
             if self.tracker.refused > refused:
+                limit = self._metrics.child(self._metrics.limits_reached, "device_numbers")
+                limit.inc(self.tracker.refused - refused)
                 log.warning(
                     "transmitter reported %d session(s) with a number outside %s: not published",
                     self.tracker.refused - refused,

@@ -6,7 +6,8 @@ streams. Ready means every site's MQTT session is up with its subscriptions gran
 background task keeps failing (`Bridge.not_ready`).
 
 Bounded against anyone who can reach the port: at most `MAX_CONNECTIONS` at once (later ones
-are closed at once and counted in `iotbridge_http_connections_refused_total`), a connection
+are closed at once and counted in `iotbridge_limits_reached_total{limit="http_connections"}`), a
+connection
 idle for `IDLE_TIMEOUT` seconds is closed, and a request head larger than `MAX_HEAD` is
 answered 431 and the connection closed. Scrapers and kubelets use one or two connections each.
 """
@@ -80,7 +81,7 @@ class ProbeServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._open >= self._max_connections:
-            self._metrics.http_refused.inc()
+            self._metrics.child(self._metrics.limits_reached, "http_connections").inc()
             writer.close()
             return
         self._open += 1

@@ -61,7 +61,7 @@ async def test_routes_and_keep_alive() -> None:
         assert (await client.get("/readyz?verbose=1")).text == "ready\n"
         metrics = await client.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain; version=")
-        assert "iotbridge_http_connections_refused_total 0.0" in metrics.text
+        assert "# TYPE iotbridge_limits_reached_total counter" in metrics.text
         assert (await client.get("/nope")).status_code == 404
         assert (await client.post("/livez", content=b"x" * 100)).status_code == 405
         head = await client.head("/metrics")
@@ -86,7 +86,8 @@ async def test_idle_connections_are_capped_and_counted() -> None:
             await raw(server.port, b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n") for _ in range(3)
         ]
         assert refused == [b"", b"", b""]  # closed at once, nothing read
-        assert metrics.http_refused._value.get() == 3
+        limit = {"limit": "http_connections"}
+        assert metrics.registry.get_sample_value("iotbridge_limits_reached_total", limit) == 3
         for _, writer in idle[:2]:
             writer.close()
         await asyncio.sleep(0.1)

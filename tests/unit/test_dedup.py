@@ -47,7 +47,8 @@ def test_entries_expire_after_the_window() -> None:
 
 
 def test_bounded_in_count_and_in_bytes_with_keys_of_constant_size() -> None:
-    cache = Dedup(600, 3, 100)
+    forgotten: list[None] = []
+    cache = Dedup(600, 3, 100, evicted=lambda: forgotten.append(None))
     for n in range(5):
         identity, keyed = Dedup.identity("t", None, bytes(65536) + bytes([n]), b"")
         assert len(identity) == 16  # 64 KiB of Correlation Data costs 16 bytes
@@ -61,3 +62,4 @@ def test_bounded_in_count_and_in_bytes_with_keys_of_constant_size() -> None:
     cache.finished(entry, b"z" * 500)  # larger than the whole bound: not kept
     assert cache.size == (0, 0)
     assert cache.earlier(huge, keyed, START, dup=False) is None
+    assert len(forgotten) == 7  # 2, 2, then 3 (the huge one too): each one counted

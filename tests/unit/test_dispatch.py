@@ -93,6 +93,11 @@ def dispatcher(
     return Dispatcher(router, link, execute, metrics, settings), link, metrics
 
 
+def reached(metrics: Metrics, limit: str) -> float:
+    value = metrics.registry.get_sample_value("iotbridge_limits_reached_total", {"limit": limit})
+    return value or 0.0
+
+
 def count(metrics: Metrics, outcome: str) -> float:
     value = metrics.registry.get_sample_value(
         "iotbridge_commands_total", {"route": "pager", "action": "page", "outcome": outcome}
@@ -129,6 +134,7 @@ async def test_a_full_lane_answers_overloaded_at_once() -> None:
     assert await dispatch.drain(5)
     assert transmitter.started == ["t0", "t1", "t2"]
     assert count(metrics, "overloaded") == 7
+    assert reached(metrics, "lane_depth") == 7
     assert len(link.acked) == 10  # refused is answered and acknowledged, never left hanging
 
 
@@ -145,6 +151,7 @@ async def test_the_site_rate_limit_answers_overloaded() -> None:
     assert statuses == ["ok"] * 5 + ["error"] * 3
     assert "at most 1 commands a second (bursts of 5)" in link.results()["r7"]["error"]["message"]
     assert count(metrics, "overloaded") == 3
+    assert reached(metrics, "rate") == 3
 
 
 def test_token_bucket_refills_at_its_rate() -> None:
@@ -165,11 +172,12 @@ async def test_a_shed_qos0_command_is_answered_at_qos0_and_counted() -> None:
     assert link.published == [("pager/5/action/result", link.results()["q0"], 0)]
     assert link.results()["q0"]["error"]["code"] == "overloaded"
     assert count(metrics, "overloaded") == 1
+    assert reached(metrics, "qos0_inbox") == 1
     assert await dispatch.drain(1)
 
 
 async def test_an_oversized_payload_is_answered_from_its_size() -> None:
-    dispatch, link, _ = dispatcher(Transmitter(), max_payload=1024)
+    dispatch, link, metrics = dispatcher(Transmitter(), max_payload=1024)
     message = paho.MQTTMessage(1, b"pager/6/action")
     message.payload = b'{"action":"page","label":"' + b"x" * 5000 + b'"}'
     message.qos = 1
@@ -177,6 +185,7 @@ async def test_an_oversized_payload_is_answered_from_its_size() -> None:
     assert big.payload == b""  # not kept
     await dispatch.submit(big)
     assert await dispatch.drain(1)
+    assert reached(metrics, "max_payload") == 1
     ((topic, result, _),) = link.published
     assert topic == "pager/6/action/result"
     assert result["error"] == {
