@@ -193,8 +193,8 @@ def _classify(op: str, response: httpx.Response) -> Envelope | _Failure:
 def parse_envelope(content: bytes) -> Envelope | None:
     try:
         return msgspec.json.decode(content, type=Envelope)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None  # RecursionError: nested about 1,000 deep, more than msgspec's stack
 
 
 def refused(op: str, result: Result) -> UpstreamError:
