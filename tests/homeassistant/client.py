@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Self, TypeVar
 
 import httpx
@@ -138,6 +138,20 @@ class HomeAssistant:
 
     async def press(self, entity_id: str) -> None:
         await self.call("button", "press", entity_id=entity_id)
+
+    @contextlib.asynccontextmanager
+    async def automation(self, config: dict[str, Any]) -> AsyncIterator[None]:
+        """`config` as an automation, saved as HA's automation editor does, for the block."""
+        path = f"/api/config/automation/config/{config['id']}"
+        response = await self._http.post(path, json=config)
+        assert response.status_code == 200, response.text
+        try:
+            yield
+        finally:
+            await self._http.delete(path)
+
+    async def notifications(self) -> list[dict[str, Any]]:
+        return list(await self.ws("persistent_notification/get"))
 
     # -- waiting ---------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Fixtures of the Home Assistant tier: one real Home Assistant and one Mosquitto for the whole
-tier, and per test a bridge process, the simulators, and a clean slate afterwards.
+tier (its one module), and per test a bridge process, the simulators, and a clean slate after.
 
 Without a Python >= 3.13 the tier is skipped (test_home_assistant.py: one line saying so); a
 failed install of Home Assistant, or an IOTBRIDGE_HA_PYTHON that is no usable Python, is a
@@ -9,11 +9,13 @@ failure, never a skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiomqtt
+import httpx
 import pytest
 
 from bridge.broker import Mosquitto
@@ -29,7 +31,7 @@ SCHEDULES = "{'28487': {kind: default_schedule, device_id: 1234}}"
 # Home Assistant log lines that are about nothing the bridge did.
 _UNRELATED = re.compile(r"Skipping pip installation|We found a custom integration")
 
-BridgeFactory = Callable[..., BridgeProcess]
+BridgeFactory = Callable[..., Awaitable[BridgeProcess]]
 
 
 @pytest.fixture(scope="session")
@@ -45,13 +47,13 @@ def ha_venv() -> Path:
         pytest.fail(str(exc), pytrace=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ha_broker() -> Iterator[Mosquitto]:
     with Mosquitto() as broker:
         yield broker
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ha_server(
     ha_venv: Path, ha_broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[server.HomeAssistantServer]:
@@ -124,17 +126,19 @@ def bridge(
     sensaphone: SensaphoneSimulator,
     tmp_path: Path,
 ) -> Iterator[BridgeFactory]:
-    """`bridge(IOTBRIDGE_PAGER_NUMBERS="66")` starts `python -m bridge run` with discovery on,
-    the tier's broker and both simulators; every bridge is killed after the test."""
+    """`await bridge(IOTBRIDGE_PAGER_NUMBERS="66")` starts `python -m bridge run` with discovery
+    on, the tier's broker and both simulators, and returns once it is ready (/readyz), or fails
+    with what it wrote to stderr; every bridge is killed after the test."""
     started: list[BridgeProcess] = []
 
-    def make(**env: str) -> BridgeProcess:
+    async def make(**env: str) -> BridgeProcess:
         base = {
             "IOTBRIDGE_MQTT_URL": f"mqtt://127.0.0.1:{ha_broker.port}",
             "IOTBRIDGE_MQTT_CLIENT_ID": "iotbridge-ha",
             "IOTBRIDGE_PAGER_URL": f"coap://127.0.0.1:{pager_sim.port}",
             "IOTBRIDGE_DISCOVERY_ENABLED": "true",
             "IOTBRIDGE_SENSAPHONE_URL": sensaphone.url,
+            "IOTBRIDGE_SENSAPHONE_ALLOW_INSECURE": "true",  # the simulator speaks plain HTTP
             "IOTBRIDGE_SENSAPHONE_USER": "demo",
             "IOTBRIDGE_SENSAPHONE_PASSWORD": DEMO_PASSWORD,
             "IOTBRIDGE_SENSAPHONE_SCHEDULES": SCHEDULES,
@@ -142,8 +146,24 @@ def bridge(
         process = BridgeProcess(base | env, tmp_path / f"bridge-{len(started)}.stderr")
         process.start()
         started.append(process)
+        await until_ready(process)
         return process
 
     yield make
     for process in started:
         process.stop()
+
+
+async def until_ready(process: BridgeProcess) -> None:
+    """Until the bridge's /readyz says ready; AssertionError with its stderr if it exits or
+    is not ready within 20 s."""
+    url = f"http://127.0.0.1:{process.http_port}/readyz"
+    async with httpx.AsyncClient(timeout=2) as client:
+        for _ in range(200):
+            if process.process is None or process.process.poll() is not None:
+                break
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the bridge did not become ready:\n{process.stderr()}")

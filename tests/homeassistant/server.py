@@ -201,6 +201,8 @@ homeassistant:
 http:
   server_host: 127.0.0.1
   server_port: {port}
+# Where HA's automation editor (and the tests, through its REST API) keeps automations.
+automation: !include automations.yaml
 logger:
   default: warning
   logs:
@@ -232,6 +234,7 @@ class HomeAssistantServer:
         (self.config_dir / "configuration.yaml").write_text(
             CONFIGURATION.format(port=self.port, time_zone=_time_zone()), encoding="utf-8"
         )
+        (self.config_dir / "automations.yaml").write_text("[]\n", encoding="utf-8")
         # Home Assistant's network settings, as its UI stores them: the loopback adapter only,
         # so that nothing (mDNS for one) listens or announces on the machine's other networks.
         storage = self.config_dir / ".storage"

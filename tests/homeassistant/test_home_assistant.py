@@ -20,7 +20,12 @@ import pytest
 from bridge.sim.pager import PagerSimulator
 from tests.homeassistant import server
 from tests.homeassistant.client import HomeAssistant, State
-from tests.homeassistant.conftest import BridgeFactory, clear_retained, until_no_mqtt_entities
+from tests.homeassistant.conftest import (
+    BridgeFactory,
+    clear_retained,
+    until_no_mqtt_entities,
+    until_ready,
+)
 from tests.support import Peer, started_sim
 
 if server.search() is None:
@@ -101,7 +106,7 @@ async def ready(ha: HomeAssistant) -> None:
 
 
 async def test_one_site(ha: HomeAssistant, bridge: BridgeFactory) -> None:
-    bridge(IOTBRIDGE_PAGER_NUMBERS="66,7")
+    await bridge(IOTBRIDGE_PAGER_NUMBERS="66,7")
     entities = await settled(ha, NODE, len(ONE_SITE))
     assert set(entities) == set(ONE_SITE)
     devices = {d["id"]: d for d in await ha.devices()}
@@ -140,7 +145,7 @@ async def test_two_sites(
             pager = f"{{url: 'coap://127.0.0.1:{sim.port}', numbers: [66]}}"
             lines.append(f"  - {{name: {name}, pager: {pager}}}")
         config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        bridge(IOTBRIDGE_CONFIG=str(config))
+        await bridge(IOTBRIDGE_CONFIG=str(config))
         north = await settled(ha, "iotbridge_acme-north", 13)
         south = await settled(ha, "iotbridge_acme-south", 13)
         for site, entities in (("north", north), ("south", south)):
@@ -162,7 +167,7 @@ async def test_two_sites(
 
 
 async def test_start_page_clear_from_the_buttons(ha: HomeAssistant, bridge: BridgeFactory) -> None:
-    bridge(IOTBRIDGE_PAGER_NUMBERS="66")
+    await bridge(IOTBRIDGE_PAGER_NUMBERS="66")
     await ready(ha)
     mark = len(ha.changes)
     await ha.press("button.pager_66_start")
@@ -194,7 +199,7 @@ async def test_start_page_clear_from_the_buttons(ha: HomeAssistant, bridge: Brid
 
 async def test_an_automation_sets_any_field(ha: HomeAssistant, bridge: BridgeFactory) -> None:
     """What an automation does: mqtt.publish on the pager's command topic."""
-    bridge(IOTBRIDGE_PAGER_NUMBERS="66")
+    await bridge(IOTBRIDGE_PAGER_NUMBERS="66")
     await ready(ha)
     command = {"action": "start", "label": "Sarah", "partySize": 4, "goal": 600}
     await ha.call("mqtt", "publish", topic="pager/66/action", payload=json.dumps(command))
@@ -207,14 +212,41 @@ async def test_an_automation_sets_any_field(ha: HomeAssistant, bridge: BridgeFac
     }
 
 
+# The README's automation that tells someone when a command on the pager failed.
+FAILED = {
+    "id": "pager_66_failed",
+    "alias": "Pager command failed",
+    "triggers": [{"trigger": "state", "entity_id": EVENT}],
+    "conditions": [
+        {
+            "condition": "template",
+            "value_template": "{{ trigger.to_state.attributes.event_type == 'error' }}",
+        }
+    ],
+    "actions": [
+        {
+            "action": "persistent_notification.create",
+            "data": {
+                "message": "Pager 66: {{ trigger.to_state.attributes.action }} failed: "
+                "{{ trigger.to_state.attributes.error.message }}"
+            },
+        }
+    ],
+}
+
+
 async def test_a_refused_press_is_an_error_event(
     ha: HomeAssistant, bridge: BridgeFactory, peer: Peer
 ) -> None:
-    bridge(IOTBRIDGE_PAGER_NUMBERS="66")
+    await bridge(IOTBRIDGE_PAGER_NUMBERS="66")
     await ready(ha)
     mark = len(ha.changes)
-    await ha.press("button.pager_66_page")  # no session to page: the transmitter refuses
-    error = await ha.wait_change(EVENT, event_type("error"), mark)
+    async with ha.automation(FAILED):
+        await ha.wait_state("automation.pager_command_failed", is_state("on"))
+        await ha.press("button.pager_66_page")  # no session to page: the transmitter refuses
+        error = await ha.wait_change(EVENT, event_type("error"), mark)
+        notified = await ha.until(ha.notifications, bool)
+    assert notified[0]["message"].startswith("Pager 66: page failed: transmitter answered 4.04")
     attributes = error["attributes"]
     assert attributes["action"] == "page"
     assert attributes["error"]["code"] == "upstream_error"
@@ -233,7 +265,7 @@ async def test_a_refused_press_is_an_error_event(
 async def test_unavailable_on_sigterm_and_on_sigkill(
     ha: HomeAssistant, bridge: BridgeFactory
 ) -> None:
-    process = bridge(IOTBRIDGE_PAGER_NUMBERS="66")
+    process = await bridge(IOTBRIDGE_PAGER_NUMBERS="66")
     for how in (signal.SIGTERM, signal.SIGKILL):
         for entity_id in FOLLOWING:
             await ha.wait_state(entity_id, available, timeout=30)
@@ -247,12 +279,13 @@ async def test_unavailable_on_sigterm_and_on_sigkill(
         await ha.wait_state(STATUS, is_state("off"))
         if how == signal.SIGTERM:
             process.start()
+            await until_ready(process)
 
 
 async def test_announced_again_when_home_assistant_comes_back(
     ha: HomeAssistant, bridge: BridgeFactory, peer: Peer
 ) -> None:
-    bridge(IOTBRIDGE_PAGER_NUMBERS="66")
+    await bridge(IOTBRIDGE_PAGER_NUMBERS="66")
     await ready(ha)
     # HA forgets everything (here: the broker lost its retained configs, HA removed them).
     await clear_retained(ha.server.mqtt_port, "homeassistant/#")
