@@ -104,3 +104,52 @@ async def test_tls_password_and_acl(
             async with stranger:
                 pass
     assert time.monotonic() - started < 10
+
+
+async def test_the_readme_acl_is_all_the_bridge_needs(
+    secure_broker: Mosquitto, secure: SecureSetup, pager_sim: PagerSimulator
+) -> None:
+    """Under README's ACL (tests.faults.tools.BRIDGE_ACL) with Home Assistant discovery and a
+    shared group: a command, its session and events, the observer claim, the discovery configs
+    and the idle sessions are all published, and the broker refused none of it."""
+    env = bridge_env(secure_broker, secure, pager_sim) | {
+        "mqtt_password": BRIDGE_PASSWORD,
+        "mqtt_shared_group": "iotbridge",
+        "discovery_enabled": "true",
+        "discovery_node": "restaurant",
+        "pager_numbers": "24,25",
+    }
+    seen: dict[str, bytes] = {}
+    wanted = ("pager/24/action/result", "pager/24/session", "bridge/observer")
+    everything = asyncio.Event()
+
+    def note(topic: str, payload: bytes, _props: object) -> None:
+        seen[topic] = payload
+        if seen.get("pager/25/session") == b"" and all(t in seen for t in wanted):
+            everything.set()
+
+    client = DurableClient(
+        secure_broker.port,
+        "faults-acl-client",
+        subscriptions=["pager/#", "bridge/#"],
+        on_message=note,
+        username="client",
+        password=CLIENT_PASSWORD,
+        tls_context=secure.context(),
+    )
+    async with client, running(Bridge(settings(**env))) as bridge:
+        await client.publish("pager/24/action", '{"action":"start","transaction":"acl"}')
+        # The idle session goes out after discovery; the first claim once no other replica
+        # claimed for a while (bridge/observer.py): both some seconds after the start.
+        async with asyncio.timeout(15):
+            await everything.wait()
+        refused = bridge.metrics.registry.get_sample_value(
+            "iotbridge_mqtt_publish_refused_total", {"reason": "not_authorized"}
+        )
+        failures = sample(
+            await asyncio.to_thread(fetch_metrics, bridge.probes.port),
+            "iotbridge_mqtt_publish_refused_total",
+        )
+    assert b'"status":"ok"' in seen["pager/24/action/result"]
+    assert refused is None or refused == 0
+    assert failures == 0

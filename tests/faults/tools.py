@@ -267,21 +267,19 @@ class BridgeProcess:
             self.process = None
 
 
-BRIDGE_ACL = """\
-# Anonymous clients: nothing (no rule before the first `user`).
-user bridge
-topic read pager/#
-topic read schedule/#
-topic write pager/+/action/result
-topic write pager/+/session
-topic write pager/+/event
-topic write pager/statistics
-topic write schedule/+/timerange/result
-topic write schedule/+/timeranges
-topic write bridge/state
-topic write bridge/deadletter
-topic read $SYS/broker/publish/messages/dropped
+def readme_acl() -> str:
+    """The bridge's Mosquitto ACL exactly as README.md ("Security") gives it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("**Broker ACL.**", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    assert block.startswith("user iotbridge\n"), block[:40]
+    return block
 
+
+# Anonymous clients get nothing (no rule before the first `user`); the bridge's user is called
+# `bridge` here; `client` is a user's client that sends commands and follows the results.
+BRIDGE_ACL = (
+    readme_acl().replace("user iotbridge\n", "user bridge\n", 1)
+    + """
 user client
 topic write pager/+/action
 topic write schedule/+/timerange
@@ -289,6 +287,7 @@ topic read pager/#
 topic read schedule/#
 topic read bridge/#
 """
+)
 
 
 class SecureSetup:
