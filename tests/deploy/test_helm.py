@@ -8,7 +8,10 @@ reach the pod, the shared subscription group, and the alert rules' metric names.
 from __future__ import annotations
 
 import base64
+import copy
+import hashlib
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,42 @@ SENSAPHONE_SECRET = "sensaphone-s3cret-value"
 WITH_PASSWORDS = {
     "mqtt": {"password": MQTT_SECRET, "username": "bridge"},
     "sensaphone": {"user": "ops@example.com", "password": SENSAPHONE_SECRET},
+}
+# Several sites in one release: two passwords in the chart's Secrets (one site name that Kubernetes
+# names cannot hold as it is), one in the user's own Secret, and a site without Sensaphone.
+NORTH_SECRET = "north-s3cret-value"
+SOUTH_SECRET = "south-s3cret-value"
+SITES_DIR = "/etc/iotbridge/sites"
+WITH_SITES: dict[str, Any] = {
+    "config": {
+        "sites": [
+            {
+                "name": "north",
+                "pager": {"url": "coap://t7470.north.lan:5683", "max_number": 250},
+                "sensaphone": {
+                    "user": "north@example.com",
+                    "schedules": {"28487": {"kind": "default_schedule", "device_id": 1234}},
+                },
+            },
+            {
+                "name": "South_2",
+                "topic_prefix": "restaurants/south",
+                "pager": {"url": "coap://t7470.south.lan:5683"},
+                "sensaphone": {"user": "south@example.com"},
+            },
+            {
+                "name": "west",
+                "pager": {"url": "coap://t7470.west.lan:5683"},
+                "sensaphone": {"user": "west@example.com"},
+            },
+            {"name": "east", "pager": {"url": "coap://t7470.east.lan:5683"}, "max_in_flight": 20},
+        ],
+    },
+    "sitePasswords": {
+        "north": {"password": NORTH_SECRET},
+        "South_2": {"password": SOUTH_SECRET},
+        "west": {"existingSecret": "west-sensaphone", "key": "password"},
+    },
 }
 
 Manifest = dict[str, Any]
@@ -126,6 +165,7 @@ CASES = {
     "default": None,
     "production": production_values(),
     "passwords": WITH_PASSWORDS,
+    "sites": WITH_SITES,
 }
 
 
@@ -171,6 +211,17 @@ def test_chart_metadata() -> None:
         ({"config": {"loglevel": "debug"}}, "loglevel"),
         ({"terminationGracePeriodSeconds": 5}, "terminationGracePeriodSeconds"),
         ({"serviceMonitor": {"enable": True}}, "enable"),
+        (
+            {"config": {"sites": [{"name": "north", "sensaphone": {"password": "x"}}]}},
+            "/config/sites/0/sensaphone/password",
+        ),
+        ({"config": {"sites": [{"name": "north one"}]}}, "/config/sites/0/name"),
+        ({"sitePasswords": {"north": {"pasword": "x"}}}, "pasword"),
+        ({"sitePasswords": {"north": {}}}, "missing property 'password'"),
+        ({"sitePasswords": {"north": {"password": ""}}}, "/sitePasswords/north/password"),
+        ({"sitePasswords": {"north": {"password": "x", "existingSecret": "s"}}}, "existingSecret"),
+        ({"sitePasswords": {"north": {"password": "x", "key": "k"}}}, "/sitePasswords/north/key"),
+        ({"sitePasswords": {"north.1": {"password": "x"}}}, "north.1"),
     ],
 )
 def test_schema_refuses_typos_and_misplaced_secrets(values: dict[str, Any], complaint: str) -> None:
@@ -368,6 +419,157 @@ def test_broker_tls_files_come_from_the_tls_secret() -> None:
     )
 
 
+# Several sites: a Secret per site
+
+
+def rendered_sites(docs: list[Manifest]) -> list[dict[str, Any]]:
+    sites: list[dict[str, Any]] = yaml.safe_load(only(docs, "ConfigMap")["data"]["config.yaml"])[
+        "sites"
+    ]
+    return sites
+
+
+def test_each_site_password_is_a_file_the_config_names() -> None:
+    docs = render(WITH_SITES)
+    sites = rendered_sites(docs)
+    files = {site["name"]: site.get("sensaphone", {}).get("password_file") for site in sites}
+    assert files == {
+        "north": f"{SITES_DIR}/north/sensaphone-password",
+        "South_2": f"{SITES_DIR}/South_2/sensaphone-password",
+        "west": f"{SITES_DIR}/west/sensaphone-password",
+        "east": None,
+    }
+    for path in filter(None, files.values()):
+        mount, volume = mount_of(docs, path)
+        assert mount["readOnly"] is True
+        assert volume["projected"]["defaultMode"] == 0o440
+    _, volume = mount_of(docs, f"{SITES_DIR}/north/sensaphone-password")
+    sources = {
+        item["path"]: (source["secret"]["name"], item["key"])
+        for source in volume["projected"]["sources"]
+        for item in source["secret"]["items"]
+    }
+    assert sources == {
+        "north/sensaphone-password": ("iotbridge-site-north", "sensaphone-password"),
+        "South_2/sensaphone-password": ("iotbridge-site-south-2", "sensaphone-password"),
+        "west/sensaphone-password": ("west-sensaphone", "password"),
+    }
+    # Apart from the path the chart adds, each site is rendered as the user wrote it.
+    for site in sites:
+        site.get("sensaphone", {}).pop("password_file", None)
+    assert sites == WITH_SITES["config"]["sites"]
+
+
+def test_site_passwords_are_only_in_their_secrets() -> None:
+    docs = render(WITH_SITES)
+    for item in env_of(docs).values():
+        assert "secretKeyRef" not in item.get("valueFrom", {})
+        assert NORTH_SECRET not in item.get("value", "")
+        assert SOUTH_SECRET not in item.get("value", "")
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            continue
+        for text in all_values([doc]):
+            assert NORTH_SECRET not in text
+            assert SOUTH_SECRET not in text
+    secrets = {
+        doc["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in doc["data"].items()}
+        for doc in docs
+        if doc["kind"] == "Secret"
+    }
+    assert secrets == {
+        "iotbridge-site-north": {"sensaphone-password": NORTH_SECRET},
+        "iotbridge-site-south-2": {"sensaphone-password": SOUTH_SECRET},
+    }
+
+
+def with_sites(**changes: Any) -> dict[str, Any]:
+    """WITH_SITES with the first site's fields and the site passwords replaced."""
+    values = copy.deepcopy(WITH_SITES)
+    passwords = changes.pop("sitePasswords", None)
+    if passwords is not None:
+        values["sitePasswords"] = passwords
+    values["config"]["sites"][0].update(changes)
+    return values
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        (
+            {"sitePasswords": {"north": {"password": "x"}}},
+            'sitePasswords.north: config.sites has no site named "north"',
+        ),
+        (
+            with_sites(sitePasswords={"nort": {"password": "x"}}),
+            'sitePasswords.nort: config.sites has no site named "nort"',
+        ),
+        (
+            with_sites(name="North"),
+            'sitePasswords.north: config.sites has no site named "north"',
+        ),
+        (with_sites(sensaphone=None), 'site "north" in config.sites has no sensaphone section'),
+        (
+            with_sites(sitePasswords={"east": {"password": "x"}}),
+            'site "east" in config.sites has no sensaphone section',
+        ),
+        (
+            with_sites(sensaphone={"user": "u", "password_file": "/run/north"}),
+            "sets sensaphone.password_file too",
+        ),
+        (
+            with_sites(
+                name="south-2",
+                sitePasswords={"south-2": {"password": "a"}, "South_2": {"password": "b"}},
+            ),
+            'sites "South_2" and "south-2" would share the Secret iotbridge-site-south-2',
+        ),
+    ],
+)
+def test_site_passwords_that_fit_no_site_fail_the_render(
+    values: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=re.escape(complaint)):
+        render(values)
+
+
+def test_a_site_password_in_the_configmap_fails_without_the_schema_too(tmp_path: Path) -> None:
+    """`helm install --skip-schema-validation` must not put a password in the ConfigMap."""
+    chart = shutil.copytree(CHART, tmp_path / "iotbridge")
+    (chart / "values.schema.json").unlink()
+    values = with_sites(sensaphone={"user": "u", "password": NORTH_SECRET})
+    with helm.Chart.load(chart) as loaded, pytest.raises(helm.HelmRenderError) as failed:
+        loaded.render(values=values, name=RELEASE, namespace="bridge")
+    assert "config.sites[0].sensaphone.password: the ConfigMap is no place" in str(failed.value)
+    assert NORTH_SECRET not in str(failed.value)
+
+
+def pod_annotations(values: dict[str, Any]) -> dict[str, str]:
+    annotations: dict[str, str] = only(render(values), "Deployment")["spec"]["template"][
+        "metadata"
+    ]["annotations"]
+    return annotations
+
+
+def test_a_changed_site_password_rolls_the_pods() -> None:
+    before = pod_annotations(WITH_SITES)
+    changed = copy.deepcopy(WITH_SITES)
+    changed["sitePasswords"]["South_2"]["password"] = "another"
+    after = pod_annotations(changed)
+    assert after["checksum/secret"] != before["checksum/secret"]
+    assert after["checksum/config"] == before["checksum/config"]
+
+
+def test_without_site_passwords_the_secret_checksum_is_unchanged() -> None:
+    """Upgrading the chart must not roll the pods of a release that gives no site password."""
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values=WITH_PASSWORDS, name=RELEASE, namespace="bridge")
+    secret = rendered[f"{RELEASE}/templates/secret.yaml"]
+    expected = hashlib.sha256(secret.encode()).hexdigest()
+    assert pod_annotations(WITH_PASSWORDS)["checksum/secret"] == expected
+    assert "Secret" not in kinds(render({"config": {"sites": WITH_SITES["config"]["sites"]}}))
+
+
 # Scaling out
 
 
@@ -416,30 +618,73 @@ def content_of(file_name: str) -> str:
     return f"content of {file_name}"
 
 
+def site_password_files(docs: list[Manifest]) -> dict[str, str]:
+    """Each file the pod sees in projected Secret volumes, with what it holds: the value in the
+    chart's own Secret, or a stand-in for a Secret the user brings."""
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    secrets = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Secret"}
+    files = {}
+    for mount in container(docs)["volumeMounts"]:
+        for source in volumes[mount["name"]].get("projected", {}).get("sources", []):
+            ref = source["secret"]
+            for item in ref["items"]:
+                own = secrets.get(ref["name"])
+                value = (
+                    base64.b64decode(own["data"][item["key"]]).decode()
+                    if own
+                    else content_of(f"{ref['name']}/{item['key']}")
+                )
+                files[f"{mount['mountPath']}/{item['path']}"] = value
+    return files
+
+
 def test_the_bridge_loads_what_the_chart_renders(case: str, tmp_path: Path) -> None:
+    """The pod's /etc/iotbridge is tmp_path: the env's paths, the ConfigMap's and the mounted
+    files all have to meet there for the bridge to load."""
     docs = render(CASES[case])
     configmap = only(docs, "ConfigMap")
+
+    def local(path: str) -> Path:
+        file = tmp_path / path.removeprefix("/etc/iotbridge/")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        return file
+
+    for path, value in site_password_files(docs).items():
+        local(path).write_text(value + "\n", encoding="utf-8")
     environ: dict[str, str] = {}
     for name, item in env_of(docs).items():
         if "valueFrom" in item:
             environ[name] = "iotbridge-7d9f8c6b5-x2x9q"  # the downward API's pod name
         elif item["value"].startswith("/etc/iotbridge/"):
-            local = tmp_path / item["value"].removeprefix("/etc/iotbridge/")
-            local.parent.mkdir(parents=True, exist_ok=True)
+            file = local(item["value"])
             if name == "IOTBRIDGE_CONFIG":
-                local.write_text(configmap["data"]["config.yaml"], encoding="utf-8")
+                text = configmap["data"]["config.yaml"].replace("/etc/iotbridge/", f"{tmp_path}/")
+                file.write_text(text, encoding="utf-8")
             else:
-                local.write_text(content_of(local.name) + "\n", encoding="utf-8")
-            environ[name] = str(local)
+                file.write_text(content_of(file.name) + "\n", encoding="utf-8")
+            environ[name] = str(file)
         else:
             environ[name] = item["value"]
     settings = config.load(environ)
     assert settings.http.addr == "0.0.0.0:9464"
     assert settings.mqtt.client_id == "iotbridge-7d9f8c6b5-x2x9q"
     assert settings.log.format == "json"
-    if case != "default":
+    if case in {"production", "passwords"}:
         assert settings.mqtt.password == content_of("mqtt-password")
         assert settings.sensaphone.password == content_of("sensaphone-password")
+    if case == "sites":
+        passwords = {
+            site.name: site.sensaphone and site.sensaphone.password for site in settings.sites
+        }
+        assert passwords == {
+            "north": NORTH_SECRET,
+            "South_2": SOUTH_SECRET,
+            "west": content_of("west-sensaphone/password"),
+            "east": None,
+        }
+        sites = dict(config.per_site(settings))
+        assert sites["north"].sensaphone.user == "north@example.com"
+        assert sites["South_2"].topic_prefix == "restaurants/south"
 
 
 # Monitoring

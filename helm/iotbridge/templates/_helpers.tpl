@@ -55,3 +55,67 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "iotbridge.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/* Where a site's Sensaphone password (sitePasswords.<name>) is mounted, and its file there. */}}
+{{- define "iotbridge.sitesDir" -}}
+/etc/iotbridge/sites
+{{- end }}
+
+{{- define "iotbridge.sitePasswordPath" -}}
+{{- printf "%s/sensaphone-password" . }}
+{{- end }}
+
+{{/* The Secret holding a site's password: the user's existingSecret, or the chart's own
+<fullname>-site-<name>, the name in lower case with "-" for "_" as Kubernetes names want.
+Called with (list $ name entry). */}}
+{{- define "iotbridge.siteSecretName" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- $entry := index . 2 }}
+{{- if $entry.existingSecret }}
+{{- $entry.existingSecret }}
+{{- else }}
+{{- $suffix := $name | lower | replace "_" "-" }}
+{{- regexReplaceAll "-+$" (printf "%s-site-%s" (include "iotbridge.fullname" $root) $suffix) "" }}
+{{- end }}
+{{- end }}
+
+{{/* The key of a site's password in its Secret (an entry of sitePasswords). */}}
+{{- define "iotbridge.siteSecretKey" -}}
+{{- if .existingSecret }}
+{{- default "sensaphone-password" .key }}
+{{- else }}
+{{- "sensaphone-password" }}
+{{- end }}
+{{- end }}
+
+{{/* The bridge's config file: the config value, with sensaphone.password_file of each site in
+sitePasswords pointing at its mounted password. A password written into config.sites, or one
+given for a site config.sites does not have, fails the render: the schema says so too, but a
+render with --skip-schema-validation must not put a password in the ConfigMap either. */}}
+{{- define "iotbridge.config" -}}
+{{- $config := deepCopy (.Values.config | default dict) }}
+{{- $byName := dict }}
+{{- range $i, $site := (get $config "sites" | default list) }}
+{{- $sensaphone := get $site "sensaphone" }}
+{{- if and (kindIs "map" $sensaphone) (hasKey $sensaphone "password") }}
+{{- fail (printf "config.sites[%d].sensaphone.password: the ConfigMap is no place for a password; give it as sitePasswords.%v.password (or existingSecret)" $i $site.name) }}
+{{- end }}
+{{- $_ := set $byName (toString $site.name) $site }}
+{{- end }}
+{{- range $name, $entry := .Values.sitePasswords }}
+{{- $site := get $byName $name }}
+{{- if not $site }}
+{{- fail (printf "sitePasswords.%s: config.sites has no site named %q" $name $name) }}
+{{- end }}
+{{- $sensaphone := get $site "sensaphone" }}
+{{- if not (kindIs "map" $sensaphone) }}
+{{- fail (printf "sitePasswords.%s: site %q in config.sites has no sensaphone section; give it one (its user, at least)" $name $name) }}
+{{- end }}
+{{- if hasKey $sensaphone "password_file" }}
+{{- fail (printf "sitePasswords.%s: site %q in config.sites sets sensaphone.password_file too; the chart sets it, so leave it out" $name $name) }}
+{{- end }}
+{{- $_ := set $sensaphone "password_file" (printf "%s/%s" (include "iotbridge.sitesDir" $) (include "iotbridge.sitePasswordPath" $name)) }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
