@@ -137,9 +137,8 @@ def discovery_messages(
     support_url: str = "",
 ) -> list[Outbound]:
     """Every discovery config for this configuration: retained, compact JSON, stable order."""
-    ctx = _Context(topics, node_id(bridge_id), version, prefix.strip("/"), support_url)
-    ctx.label = device_label(settings)
-    ctx.make_devices()
+    node = node_id(bridge_id)
+    ctx = _Context(topics, node, version, prefix.strip("/"), support_url, device_label(settings))
     out = [ctx.connectivity(), *ctx.statistics()]
     for number in pager_numbers(settings):
         out.extend(ctx.pager(number))
@@ -163,13 +162,12 @@ class _Context:
     """What every config of one bridge shares: topics, ids, devices, origin, availability."""
 
     def __init__(
-        self, topics: Topics, node: str, version: str, prefix: str, support_url: str
+        self, topics: Topics, node: str, version: str, prefix: str, support_url: str, label: str
     ) -> None:
         self.topics = topics
         self.node = node
         self.prefix = prefix
-        self.version = version
-        self.label = ""
+        self.label = label
         self.origin: dict[str, str] = {"name": "iotbridge", "sw_version": version}
         if support_url:
             self.origin["support_url"] = support_url
@@ -181,17 +179,12 @@ class _Context:
                 "payload_not_available": "offline",
             }
         ]
-        self.bridge_device: dict[str, Any] = {}
-        self.transmitter_device: dict[str, Any] = {}
-        self.sensaphone_device: dict[str, Any] = {}
-
-    def make_devices(self) -> None:
-        self.bridge_device = {
-            "identifiers": [self.node],
+        self.bridge_device: dict[str, Any] = {
+            "identifiers": [node],
             "name": self._named("iotbridge"),
             "manufacturer": "iotbridge",
             "model": "MQTT bridge for LRS T7470 and Sensaphone.net",
-            "sw_version": self.version,
+            "sw_version": version,
         }
         self.transmitter_device = self._child("t7470", "T7470 transmitter", "LRS", "T7470")
         self.sensaphone_device = self._child(
