@@ -105,7 +105,7 @@ def _version_of(executable: str) -> tuple[str, tuple[int, ...]] | None:
         done = subprocess.run(
             [executable, "-c", probe], capture_output=True, text=True, timeout=30, check=False
         )
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return None
     text = done.stdout.strip()
     if done.returncode != 0 or not text:
