@@ -50,19 +50,20 @@ class CircuitBreaker:
         self._show()
 
     def before(self) -> None:
-        """Raise UpstreamUnavailable if the request must not be sent now."""
+        """Raise CircuitOpen if the request must not be sent now (never sent: not a failure of
+        the upstream, and nothing a retry could change before the cooldown ends)."""
         if self.state == "closed":
             return
         if self.state == "open":
             left = self._opened_at + self._cooldown - time.monotonic()
             if left > 0:
-                raise UpstreamUnavailable(
+                raise CircuitOpen(
                     f"{self._upstream} circuit open after repeated failures; "
                     f"next attempt in {left:.1f} s"
                 )
             self._move("half_open")
         if self._probing:
-            raise UpstreamUnavailable(f"{self._upstream} circuit half-open; a probe is under way")
+            raise CircuitOpen(f"{self._upstream} circuit half-open; a probe is under way")
         self._probing = True
 
     def recheck(self) -> None:

@@ -111,6 +111,9 @@ class SensaphoneSettings(Section, frozen=True):
     timeout: PositiveFloat = 10.0
     # Total time a command may spend on retries before it is answered with an error.
     deadline: PositiveFloat = 30.0
+    # Circuit breaker: open after this many requests in a row got no answer, probe after cooldown.
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    breaker_cooldown: PositiveFloat = 5.0
     # Schedule id (as text) -> its parent.
     schedules: dict[str, ScheduleParent] = msgspec.field(default_factory=dict)
     # Renew the session this many seconds before Sensaphone says it expires.

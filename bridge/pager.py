@@ -14,14 +14,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import msgspec
 
 from bridge import models, outbox, t7470, t7470_read
 from bridge.breaker import CircuitBreaker, CircuitOpen
-from bridge.coap import CoapReply, Transmitter
+from bridge.coap import CoapReply
 from bridge.config import PagerSettings
 from bridge.errors import (
     BridgeError,
@@ -46,12 +46,31 @@ SETTINGS = "/v1/settings"
 OBSERVE_RETRY = 60.0
 
 
+class CoapClient(Protocol):
+    """What the pager service needs of the CoAP side (`bridge.coap.Transmitter`)."""
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str | int] | None = None,
+        body: bytes | None = None,
+        etag: bytes | None = None,
+        gate: Callable[[], None] | None = None,
+    ) -> CoapReply: ...
+
+    def observe(
+        self, path: str, *, query: Mapping[str, str | int] | None = None
+    ) -> AsyncIterator[CoapReply]: ...
+
+
 class PagerService:
     """Carries out pager commands on one transmitter and keeps MQTT in step with it."""
 
     def __init__(
         self,
-        transmitter: Transmitter,
+        transmitter: CoapClient,
         publish: Publish,
         topics: Topics,
         metrics: Metrics,
@@ -195,6 +214,10 @@ class PagerService:
         while True:
             try:
                 return await self._attempt(operation, method, path, query, payload, etag)
+            except CircuitOpen as exc:
+                # Never sent: fail fast. Retrying would only wait out the deadline.
+                exc.attempts = max(attempt, 1)
+                raise
             except (UpstreamTimeout, UpstreamUnavailable) as exc:
                 attempt += 1
                 delay = random.uniform(0, min(2.0, 0.1 * 2**attempt))  # noqa: S311 - jitter

@@ -40,6 +40,7 @@ from typing import Any, Final, Literal, Protocol
 import httpx
 import msgspec
 
+from bridge.breaker import CircuitBreaker
 from bridge.config import ScheduleParent, SensaphoneSettings
 from bridge.errors import (
     AuthFailed,
@@ -150,11 +151,13 @@ class SensaphoneClient:
         client: httpx.AsyncClient | None = None,
         metrics: SensaphoneObserver | None = None,
         auth_backoff: tuple[float, float] = (5.0, 60.0),
+        breaker: CircuitBreaker | None = None,
     ) -> None:
+        """`breaker`: fail fast while Sensaphone does not answer (bridge.breaker)."""
         self._settings = settings
         self._url = settings.url.rstrip("/")
         self._observer: SensaphoneObserver = metrics or NullObserver()
-        self._transport = Transport(settings, client, self._observer.retry)
+        self._transport = Transport(settings, client, self._observer.retry, breaker)
         self._session: _Session | None = None
         self._login_lock = asyncio.Lock()
         self._auth_backoff_range = auth_backoff

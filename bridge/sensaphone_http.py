@@ -11,6 +11,10 @@ Retries, with jittered exponential backoff, while the command's deadline allows:
 - read/write timeouts, other transport errors and 5xx: only when the request is idempotent
   (read, update, delete, login). A create is never retried on these: it may have been applied.
 
+A circuit breaker (bridge.breaker) sits in front of every attempt: requests that get no answer
+(connect errors, timeouts, broken connections) open it, and while it is open commands fail at once
+with `upstream_unavailable`, unsent and not retried; any HTTP answer closes it.
+
 A refused TLS certificate is not retried. Mapped errors: no answer in time -> UpstreamTimeout;
 unreachable or 5xx without an envelope -> UpstreamUnavailable; an envelope with
 `success: false` is returned, not raised: the caller decides (code 2 means log in again).
@@ -33,6 +37,7 @@ import certifi
 import httpx
 import msgspec
 
+from bridge.breaker import CircuitBreaker
 from bridge.config import SensaphoneSettings
 from bridge.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
@@ -99,11 +104,13 @@ class Transport:
         settings: SensaphoneSettings,
         client: httpx.AsyncClient | None,
         on_retry: Callable[[str, str], None],
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._settings = settings
         self._http = client
         self._owns_http = client is None
         self._on_retry = on_retry
+        self._breaker = breaker
 
     async def close(self) -> None:
         if self._http is not None and self._owns_http:
@@ -119,7 +126,7 @@ class Transport:
         """
         attempt = 0
         while True:
-            outcome = await self._attempt(op, request, deadline)
+            outcome = await self._guarded(op, request, deadline)
             if isinstance(outcome, Envelope):
                 return outcome
             delay = outcome.delay if outcome.delay is not None else _backoff(attempt)
@@ -133,6 +140,24 @@ class Transport:
             self._on_retry(op, outcome.reason)
             await asyncio.sleep(delay)
             attempt += 1
+
+    async def _guarded(self, op: str, request: Request, deadline: float) -> Envelope | _Failure:
+        """One attempt through the circuit breaker: CircuitOpen (not retried) while Sensaphone
+        keeps not answering; any HTTP answer, even an error, says it is up."""
+        breaker = self._breaker
+        if breaker is None:
+            return await self._attempt(op, request, deadline)
+        breaker.before()
+        try:
+            outcome = await self._attempt(op, request, deadline)
+        except BaseException:
+            breaker.release()
+            raise
+        if isinstance(outcome, _Failure) and outcome.reason in _NO_ANSWER:
+            breaker.failure()
+        else:
+            breaker.success()
+        return outcome
 
     async def _attempt(self, op: str, request: Request, deadline: float) -> Envelope | _Failure:
         timeout = max(0.001, min(self._settings.timeout, deadline - time.monotonic()))
@@ -170,6 +195,8 @@ class Transport:
 # Reasons for which the request provably never reached the server: safe to retry a create.
 # "throttled" is here on purpose: a 429 says the server refused it without processing.
 _NEVER_SENT: Final = frozenset({"connect", "throttled"})
+# Reasons that say nothing answered: they count towards opening the circuit.
+_NO_ANSWER: Final = frozenset({"connect", "timeout", "transport"})
 
 
 def _classify(op: str, response: httpx.Response) -> Envelope | _Failure:

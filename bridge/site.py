@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bridge import models, outbox
+from bridge.breaker import CircuitBreaker
 from bridge.coap import Transmitter
 from bridge.config import Settings
 from bridge.dispatch import Dispatcher
@@ -86,7 +87,15 @@ class Site:
             self.link.watch(self.topics.observer, self.claim.message)
             self._session_watchers.append(self.pager.learn)
         self.sensaphone = SensaphoneClient(
-            settings.sensaphone, metrics=metrics.sensaphone_observer()
+            settings.sensaphone,
+            metrics=metrics.sensaphone_observer(),
+            breaker=CircuitBreaker(
+                "sensaphone",
+                metrics,
+                failures=settings.sensaphone.breaker_failures,
+                cooldown=settings.sensaphone.breaker_cooldown,
+                site=name,
+            ),
         )
         self.schedules = ScheduleService(
             self.sensaphone, self.publish_all, self.topics, settings.sensaphone

@@ -15,8 +15,10 @@ import msgspec
 import pytest
 import trustme
 
+from bridge.breaker import CircuitBreaker
 from bridge.config import SensaphoneSettings
 from bridge.errors import AuthFailed, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from bridge.metrics import Metrics
 from bridge.sensaphone import Parent, SensaphoneClient, TimeRange
 from bridge.sim.sensaphone import SensaphoneSimulator
 
@@ -349,6 +351,31 @@ async def test_unreachable_is_unavailable_after_retries(recorder: Recorder) -> N
     finally:
         await client.close()
     assert ("login", "connect") in recorder.retries  # never sent, so retried
+
+
+async def test_an_unanswering_sensaphone_opens_its_circuit(recorder: Recorder) -> None:
+    """The README says each upstream has a circuit breaker; Sensaphone had none. Now requests
+    that get no answer open it, and while it is open commands fail at once, unsent."""
+    with SensaphoneSimulator() as gone:
+        url = gone.url
+    metrics = Metrics()
+    breaker = CircuitBreaker("sensaphone", metrics, failures=3, cooldown=60)
+    settings = SensaphoneSettings(url=url, user="demo", password=PASSWORD, deadline=5.0)
+    client = SensaphoneClient(settings, metrics=recorder, breaker=breaker)
+    try:
+        with pytest.raises(UpstreamUnavailable, match="circuit open"):
+            await client.read(28487, DEVICE)  # three refused connections, then no more tries
+        retries = len(recorder.retries)
+        started = time.monotonic()
+        with pytest.raises(UpstreamUnavailable, match="circuit open"):
+            await client.read(28487, DEVICE)
+        assert time.monotonic() - started < 0.05
+        assert len(recorder.retries) == retries
+    finally:
+        await client.close()
+    assert breaker.state == "open"
+    labels = {"site": "default", "upstream": "sensaphone"}
+    assert metrics.registry.get_sample_value("iotbridge_circuit_state", labels) == 1
 
 
 # -- secrets --------------------------------------------------------------------------------------
