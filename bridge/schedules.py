@@ -16,7 +16,7 @@ import msgspec
 
 from bridge import models, outbox
 from bridge.config import SensaphoneSettings
-from bridge.errors import BridgeError, InvalidPayload, InvalidTopic
+from bridge.errors import BridgeError, InvalidPayload, UpstreamUnavailable
 from bridge.interval import Interval, decode_interval, encode_interval, parse_interval
 from bridge.sensaphone import Parent, SensaphoneClient, TimeRange
 from bridge.sessions import Outbound, Publish
@@ -70,7 +70,13 @@ class ScheduleService:
         if not isinstance(command, models.ScheduleCommand):
             raise InvalidPayload(f"not a timerange command: {type(command).__name__}")
         if not self._account:
-            raise InvalidTopic("no Sensaphone account is configured here (sensaphone.user)")
+            # A configuration problem, not a bad topic: the topic is right, the site cannot
+            # reach Sensaphone as configured.
+            raise UpstreamUnavailable(
+                "this site has no Sensaphone account (sensaphone.user is not set): "
+                "schedule commands cannot be carried out",
+                detail={"reason": "not_configured"},
+            )
         parent = self.parent_of(schedule_id, command)
         async with self._lock(schedule_id):
             return await self._carry_out(schedule_id, parent, command)

@@ -28,6 +28,10 @@ BAD_INPUT = [
     ("pager/-3/action", "page", "invalid_topic", "positive integer"),
     ("pager/100000/action", "page", "invalid_topic", "between 1 and 65535"),
     ("pager/5/action", "x" * 20000, "invalid_payload", "the limit is 16384"),
+    ("pager/5/action", "[" * 5000, "invalid_payload", "JSON object or a bare action word"),
+    ("pager/5/action", '{"action":' + "[" * 5000, "invalid_payload", "nested too deeply"),
+    # The topic is right; this bridge has no Sensaphone account: a configuration problem.
+    ("schedule/28487/timerange", '{"action":"read"}', "upstream_unavailable", "sensaphone.user"),
     (
         "pager/5/action",
         json.dumps({"action": "start", "label": "L" * 65}),
