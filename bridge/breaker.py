@@ -14,13 +14,8 @@ from __future__ import annotations
 import time
 from typing import Final, Literal
 
-from bridge.errors import UpstreamUnavailable
+from bridge.errors import CircuitOpen
 from bridge.metrics import Metrics
-
-
-class CircuitOpen(UpstreamUnavailable):
-    """Refused by an open circuit: not a failure of the upstream, so not counted as one."""
-
 
 State = Literal["closed", "open", "half_open"]
 STATE_VALUE: Final = {"closed": 0, "open": 1, "half_open": 2}

@@ -198,7 +198,7 @@ class Settings(Section, frozen=True):
 
 
 _SECTIONS = ("mqtt", "pager", "sensaphone", "http", "limits", "log", "discovery")
-# The documented short names (PRODUCT.md), mapped to their place in the settings.
+# The short names the README documents, mapped to their place in the settings.
 _ALIASES = {
     "IOTBRIDGE_TOPIC_PREFIX": ("topic_prefix",),
     "IOTBRIDGE_EVENT_LOOP": ("event_loop",),

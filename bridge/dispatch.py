@@ -29,10 +29,18 @@ import msgspec
 from bridge import models, outbox
 from bridge.config import LimitSettings
 from bridge.dedup import Dedup, Entry, Reuse, digest
-from bridge.errors import BridgeError, Expired, InvalidPayload, Overloaded, UpstreamError
+from bridge.errors import (
+    BridgeError,
+    Expired,
+    InvalidPayload,
+    LinkDown,
+    Overloaded,
+    PublishRefused,
+    UpstreamError,
+)
 from bridge.logs import Budget, correlation_id
 from bridge.metrics import Metrics
-from bridge.mqtt import Inbound, LinkDown, PublishRefused
+from bridge.mqtt import Inbound
 from bridge.routing import Request, Router, transaction_of
 from bridge.topics import BaseTopic, PagerTopic, ScheduleTopic, Topics, is_publishable
 

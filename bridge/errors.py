@@ -1,4 +1,5 @@
-"""The bridge's one error tree. Each class carries the `error.code` its result publishes.
+"""The bridge's one error tree, all of it here. Each class carries the `error.code` its result
+publishes, from the documented vocabulary (README, "Results and error codes").
 
     BridgeError                     code
     ├── InvalidTopic                invalid_topic
@@ -8,13 +9,17 @@
     ├── Overloaded                  overloaded
     ├── ConfigError                 (never published: the process exits with its message)
     └── UpstreamError               upstream_error    the upstream answered with an error
+        ├── PublishRefused          upstream_error    the broker refused a publish (PUBACK >= 0x80)
         ├── UpstreamTimeout         upstream_timeout  no answer in time
-        ├── UpstreamUnavailable     upstream_unavailable  unreachable, or the circuit is open
+        ├── UpstreamUnavailable     upstream_unavailable  unreachable
+        │   ├── CircuitOpen         upstream_unavailable  refused by an open circuit, never sent
+        │   └── LinkDown            upstream_unavailable  the broker link closed before a PUBACK
         └── AuthFailed              auth_failed       the upstream refused our credentials
 
-Lower-layer errors (CoAP and MQTT protocol errors, httpx, socket errors) are mapped to these at the
-one module that owns each protocol, with `raise ... from exc`, so nothing above the seams knows
-those libraries.
+Lower-layer errors (CoAP and MQTT protocol errors, httpx, socket errors) are mapped to these in
+the package that owns each protocol (`bridge.coap`, `bridge.mqtt`, `bridge.sensaphone_http`),
+with `raise ... from exc`, so nothing above the seams knows those libraries. `BridgeError` itself
+is never raised: anything unexpected is mapped to the vocabulary where it is caught.
 """
 
 from __future__ import annotations
@@ -75,3 +80,15 @@ class UpstreamUnavailable(UpstreamError):
 
 class AuthFailed(UpstreamError):
     code = "auth_failed"
+
+
+class PublishRefused(UpstreamError):
+    """The broker answered a publish with a PUBACK reason code of 0x80 or more."""
+
+
+class CircuitOpen(UpstreamUnavailable):
+    """Refused by an open circuit: not a failure of the upstream, so not counted as one."""
+
+
+class LinkDown(UpstreamUnavailable):
+    """The broker link was closed before the broker acknowledged a publish."""

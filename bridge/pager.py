@@ -20,11 +20,12 @@ from typing import Any, Protocol
 import msgspec
 
 from bridge import models, outbox, t7470, t7470_read
-from bridge.breaker import CircuitBreaker, CircuitOpen
+from bridge.breaker import CircuitBreaker
 from bridge.coap import CoapReply
 from bridge.config import PagerSettings
 from bridge.errors import (
     BridgeError,
+    CircuitOpen,
     InvalidPayload,
     UpstreamError,
     UpstreamTimeout,

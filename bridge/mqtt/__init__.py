@@ -4,13 +4,6 @@
 paho's client on the asyncio loop. Nothing outside this package imports paho in the runtime.
 """
 
-from bridge.mqtt.link import (
-    BROKER_DROPPED,
-    Inbound,
-    LinkDown,
-    LinkError,
-    MqttLink,
-    PublishRefused,
-)
+from bridge.mqtt.link import BROKER_DROPPED, Inbound, LinkError, MqttLink
 
-__all__ = ["BROKER_DROPPED", "Inbound", "LinkDown", "LinkError", "MqttLink", "PublishRefused"]
+__all__ = ["BROKER_DROPPED", "Inbound", "LinkError", "MqttLink"]

@@ -57,7 +57,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge import models
 from bridge.config import MqttSettings, broker_address, client_id_or_default
-from bridge.errors import BridgeError, Overloaded, UpstreamError
+from bridge.errors import BridgeError, Overloaded, PublishRefused
 from bridge.metrics import Metrics
 from bridge.mqtt.transport import PahoDriver, PreparedClient, open_socket
 from bridge.topics import Topics, is_publishable
@@ -129,16 +129,6 @@ class LinkError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason  # not_authorized, refused, protocol, tls, timeout or network
-
-
-class LinkDown(BridgeError):
-    """The link was closed before the broker acknowledged a publish."""
-
-    code = "upstream_unavailable"
-
-
-class PublishRefused(UpstreamError):
-    """The broker answered a publish with a PUBACK reason code of 0x80 or more."""
 
 
 class _Connection:

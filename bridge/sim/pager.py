@@ -1,6 +1,7 @@
 """An LRS T7470 transmitter simulator over real CoAP/UDP, served by aiocoap.
 
-Resources (PRODUCT.md; the rules live in `bridge.sim.pager_device`, the handlers in
+Resources (as LRS documents the T7470's CoAP API, v1.2; the rules live in
+`bridge.sim.pager_device`, the handlers in
 `bridge.sim.pager_resources`):
 
     POST   /v1/sessions                 create (2.01)

@@ -1,6 +1,6 @@
 """The T7470's state machine, without any I/O: sessions, history, statistics and settings.
 
-`bridge.sim.pager` puts it behind CoAP. Kept apart so the rules (PRODUCT.md, the v1.2 docs) read
+`bridge.sim.pager` puts it behind CoAP. Kept apart so the rules (LRS's T7470 CoAP API, v1.2) read
 in one place:
 
 - A session is created `started`, becomes `paged` (action page), and ends `cleared`: with

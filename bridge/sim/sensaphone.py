@@ -1,6 +1,6 @@
 """A Sensaphone.net REST simulator: login, sessions and schedule timeranges, over HTTP or HTTPS.
 
-Faithful to the seed docs (seeds/sensaphone-timerange-api.txt) and PRODUCT.md:
+Faithful to Sensaphone.net's REST API as documented for schedule timeranges:
 
 - `POST {base}/login` -> acctid, session, login_timestamp, session_expiration.
 - JSON mode: `POST {base}/device/default_schedule/timerange`, `.../device/device_schedule/...`,

@@ -23,8 +23,9 @@ import pytest
 
 from bridge.broker import Mosquitto, free_port
 from bridge.config import MqttSettings
+from bridge.errors import PublishRefused
 from bridge.metrics import Metrics
-from bridge.mqtt import Inbound, MqttLink, PublishRefused
+from bridge.mqtt import Inbound, MqttLink
 from bridge.topics import Topics
 from tests.faults.tools import properties
 from tests.support import Peer, settings
