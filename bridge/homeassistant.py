@@ -33,6 +33,9 @@ SETTLE = 0.5
 # From an announcement to the idle sessions: Home Assistant's own discovery cool-down (its MQTT
 # client waits this long for discovery and subscriptions to settle before its birth message).
 IDLE_DELAY = 5.0
+# Retained discovery configs remembered between reconnects (to retire the stale ones). Anyone
+# allowed to publish under the discovery prefix could otherwise grow the set without bound.
+SEEN_MAX = 4096
 
 
 class HomeAssistant:
@@ -44,8 +47,11 @@ class HomeAssistant:
         topics: Topics,
         publish: Publish,
         active: Callable[[], Collection[int]] = tuple,
+        limit_reached: Callable[[], None] = lambda: None,
     ) -> None:
-        """`active()`: the pager numbers the bridge tracks as having a session now."""
+        """`active()`: the pager numbers the bridge tracks as having a session now;
+        `limit_reached()` counts a retained config not remembered (past `SEEN_MAX`)."""
+        self._limit_reached = limit_reached
         self._settings = settings
         self._topics = topics
         self._publish = publish
@@ -57,6 +63,7 @@ class HomeAssistant:
         self.numbers = discovery.pager_numbers(settings)
         self._announced = frozenset(self.numbers)
         self._seen: set[str] = set()
+        self._overflow_said = False
         # Announced pagers whose session is retained on the broker (bounded by `numbers`).
         self._sessions: set[int] = set()
         self._task: asyncio.Task[None] | None = None
@@ -74,6 +81,7 @@ class HomeAssistant:
     async def connected(self) -> None:
         """After a (re)connect: collect what is retained, then announce."""
         self._seen.clear()
+        self._overflow_said = False
         self._sessions.clear()
         self._schedule(SETTLE, retire=True)
 
@@ -82,8 +90,19 @@ class HomeAssistant:
         if topic == self.status_topic:
             if payload.strip() == b"online":
                 self._schedule(SETTLE, retire=False)
-        elif payload:
-            self._seen.add(topic)
+        elif payload and topic not in self._seen:
+            if len(self._seen) < SEEN_MAX:
+                self._seen.add(topic)
+                return
+            self._limit_reached()
+            if not self._overflow_said:
+                self._overflow_said = True
+                log.warning(
+                    "more than %d retained discovery configs under %s: the others are not "
+                    "checked, and stale ones among them not retired",
+                    SEEN_MAX,
+                    self.existing_filter,
+                )
 
     def session(self, topic: str, payload: bytes) -> None:
         """A message on `pager/<number>/session`: whether that pager has a session."""

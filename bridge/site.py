@@ -110,7 +110,11 @@ class Site:
         self.homeassistant: HomeAssistant | None = None
         if settings.discovery.enabled:
             self.homeassistant = HomeAssistant(
-                settings, self.topics, self.publish_all, self.pager.tracker.active.keys
+                settings,
+                self.topics,
+                self.publish_all,
+                self.pager.tracker.active.keys,
+                limit_reached=metrics.child(metrics.limits_reached, "discovery_seen").inc,
             )
             self.link.watch(self.homeassistant.existing_filter, self.homeassistant.message)
             self.link.watch(self.homeassistant.status_topic, self.homeassistant.message)

@@ -17,7 +17,7 @@ from bridge.config import (
     Settings,
     per_site,
 )
-from bridge.homeassistant import HomeAssistant
+from bridge.homeassistant import SEEN_MAX, HomeAssistant
 from bridge.sessions import Outbound
 from bridge.topics import Topics
 
@@ -385,3 +385,20 @@ def test_idle_sessions_are_only_those_no_one_knows_a_session_of() -> None:
     feature.session("pager/66/session", b"")  # ended
     active.clear()
     assert [o.topic for o in feature.idle()] == [f"pager/{n}/session" for n in (5, 7, 66, 70)]
+
+
+def test_retained_configs_remembered_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone allowed to publish under the discovery prefix used to grow the set of configs
+    remembered between reconnects without bound."""
+    reached: list[None] = []
+    feature = HomeAssistant(
+        settings(numbers=[5]), Topics(), _never, limit_reached=lambda: reached.append(None)
+    )
+    node = discovery.node_id(feature.bridge_id)
+    for n in range(SEEN_MAX + 100):
+        feature.message(f"homeassistant/button/{node}/x{n}/config", b"{}")
+    feature.message(f"homeassistant/button/{node}/x0/config", b"{}")  # seen: not counted again
+    assert len(feature._seen) == SEEN_MAX
+    assert len(reached) == 100
+    warnings = [r for r in caplog.records if "retained discovery configs" in r.getMessage()]
+    assert len(warnings) == 1  # once per connection, not once per config
