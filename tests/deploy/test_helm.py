@@ -64,6 +64,10 @@ SOUTH_SECRET = "south-s3cret-value"
 SITES_DIR = "/etc/iotbridge/sites"
 WITH_SITES: dict[str, Any] = {
     "config": {
+        # Every section the bridge reads is accepted by the chart's schema, not only some.
+        "event_loop": "asyncio",
+        "discovery": {"enabled": True, "node": "acme", "name": "Acme"},
+        "limits": {"rate": 200, "burst": 400, "lane_depth": 8},
         "sites": [
             {
                 "name": "north",
