@@ -134,7 +134,9 @@ class LimitSettings(Section, frozen=True):
     # reading (back-pressure: QoS 1 commands wait at the broker, QoS 0 ones are `overloaded`).
     max_queued: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     # Commands waiting for one pager, the base station or one schedule; past it `overloaded`.
-    lane_depth: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 16
+    # Well below max_in_flight (the MQTT 5 window): a flood of QoS 1 commands for one pager
+    # then holds at most this much of the window, and the rest is answered and acknowledged.
+    lane_depth: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 32
     # Commands per second a site takes (a token bucket holding `burst`); past it `overloaded`.
     # 0 turns the limit off.
     rate: Annotated[float, msgspec.Meta(ge=0)] = 1000.0

@@ -195,7 +195,8 @@ async def test_a_flood_costs_the_flooder_not_the_others(
     assert result["status"] == "ok", result
     assert flooded < 5.0  # 8.3 s before: it waited behind the whole flood
     assert commands(bridge, action="page") == count  # each counted once: none lost
-    assert flooder.results.get("overloaded", 0) > count // 2
+    if qos == 0:  # QoS 1 is held back by the broker's window instead (and the rate, if fast)
+        assert flooder.results.get("overloaded", 0) > count // 2
     assert peak < CHART_LIMIT
 
 
