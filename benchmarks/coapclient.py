@@ -6,7 +6,7 @@ first reply is reused (no getaddrinfo per request).
 
 Two configurations, chosen by the caller:
 - the floor (and the harness's session creator) uses what the bridge's client uses
-  (bridge/coap.py): the `simple6` transport, and no block-wise wrapper for requests and
+  (bridge/coap/client.py): the `simple6` transport, and no block-wise wrapper for requests and
   answers that fit one message (`BRIDGE_TRANSPORTS`, `blockwise=False`);
 - the minimal reference bridge uses aiocoap with its defaults (`transports=None`: aiocoap's
   default client transports, udp6 for coap://; block-wise handling on), as the issue defines it.
@@ -25,7 +25,7 @@ from benchmarks.workload import SESSIONS
 
 _METHODS: Final = {"GET": Code.GET, "POST": Code.POST, "PUT": Code.PUT, "DELETE": Code.DELETE}
 CONTENT_FORMAT_JSON: Final = 50
-BRIDGE_TRANSPORTS: Final = ("simple6",)  # the bridge's client transport (bridge/coap.py)
+BRIDGE_TRANSPORTS: Final = ("simple6",)  # the bridge's client transport (bridge/coap/client.py)
 
 
 class BareCoap:

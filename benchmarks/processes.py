@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bridge.broker import free_port
+from bridge.dev.mosquitto import free_port
 
 PYTHON = sys.executable
 

@@ -53,7 +53,7 @@ def machine() -> dict[str, object]:
 
 
 def _mosquitto_version() -> str:
-    from bridge.broker import MOSQUITTO  # noqa: PLC0415 - keep this module free of bridge
+    from bridge.dev.mosquitto import MOSQUITTO  # noqa: PLC0415 - keep this module free of bridge
 
     try:
         done = subprocess.run(

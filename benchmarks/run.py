@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.run --commands 20000 --inflight 1,100 --pagers 200 \\
         --transmitters 1,20 --sessions 10000 --out benchmarks/results/<date>.json
 
-Every part is its own process on loopback: Mosquitto (bridge.broker settings, Nagle off), one
+Every part is its own process on loopback: Mosquitto (bridge.dev.mosquitto settings, Nagle off), one
 T7470 simulator per transmitter, the system under test (`python -m bridge run`, or
 benchmarks/minimal_bridge.py) and the load generator (benchmarks/loadgen.py). See
 docs/performance.md for what is measured and the targets.

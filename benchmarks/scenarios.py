@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmarks import processes, procstat, profile
 from benchmarks.processes import Child
-from bridge.broker import Mosquitto
+from bridge.dev.mosquitto import Mosquitto
 
 READY_TIMEOUT = 30.0
 SETTLE_LIMIT = 120.0  # seconds to wait for the bridge to go quiet after creating sessions
@@ -233,7 +233,7 @@ def create_sessions(creator: Child, pid: int, first: int, total: int) -> tuple[i
     """Start sessions first+1..total at the simulator, in chunks the target can follow.
 
     The bridge hears of each one as an Observe notification and keeps at most 1000 of them
-    unconsumed (bridge/coap.py OBSERVE_BACKLOG); a faster burst makes it drop the observation
+    unconsumed (bridge/coap/client.py OBSERVE_BACKLOG); a faster burst makes it drop the observation
     and re-read the whole list, which would then land in the measured window. So the sessions
     go in chunks well below that, each followed by a wait until the target is quiet again.
     Returns (sessions created, seconds spent waiting for quiet).

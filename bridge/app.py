@@ -14,10 +14,10 @@ import signal
 
 from bridge import __version__
 from bridge.config import Settings, per_site
-from bridge.metrics import Metrics
-from bridge.probes import ProbeServer
+from bridge.core.supervise import Health
+from bridge.ops.metrics import Metrics
+from bridge.ops.probes import ProbeServer
 from bridge.site import Site
-from bridge.supervise import Health
 
 log = logging.getLogger(__name__)
 

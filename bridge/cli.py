@@ -168,15 +168,15 @@ def _command(sub: Any, name: str, summary: str, description: str) -> argparse.Ar
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from bridge.demo import run_demo  # noqa: PLC0415 - only the demo needs it
+    from bridge.dev.demo import run_demo  # noqa: PLC0415 - only the demo needs it
 
     return run_demo(mqtt_port=args.mqtt_port, http_port=args.http_port)
 
 
 def _run() -> int:
     settings = config.load()  # first: a bad value is reported before anything else happens
-    from bridge import logs  # noqa: PLC0415 - keep `iotbridge --help` light
     from bridge.app import Bridge  # noqa: PLC0415
+    from bridge.ops import logs  # noqa: PLC0415 - keep `iotbridge --help` light
 
     logs.configure(settings.log.level, settings.log.format, config.secrets_of(settings))
     for warning in config.insecure(settings):
@@ -208,7 +208,7 @@ def _check_config() -> int:
 
 
 def _schema(out: Path, *, check: bool) -> int:
-    from bridge import schema  # noqa: PLC0415
+    from bridge.contract import schema  # noqa: PLC0415
 
     if check:
         drifted = schema.drift(out)
@@ -222,14 +222,14 @@ def _schema(out: Path, *, check: bool) -> int:
 
 def _sim(args: argparse.Namespace) -> int:
     if args.kind == "pager":
-        from bridge.sim import pager  # noqa: PLC0415
+        from bridge.sim.pager import server as pager  # noqa: PLC0415
 
         coro = pager.serve(
             args.host, args.port, args.max_number, args.ping_interval, args.latency, args.count
         )
         run_loop(coro, args.event_loop)
         return 0
-    from bridge.sim import sensaphone  # noqa: PLC0415
+    from bridge.sim.sensaphone import server as sensaphone  # noqa: PLC0415
 
     sensaphone.serve(args.host, args.port, args.session_lifetime, args.latency, args.cert, args.key)
     return 0

@@ -82,7 +82,7 @@ class PagerSettings(Section, frozen=True):
     observe: bool = True
     poll_interval: PositiveFloat = 5.0
     # CoAP message IDs are 16-bit and must not be reused within EXCHANGE_LIFETIME (247 s);
-    # after this many requests the client moves to a fresh UDP endpoint (see bridge/coap.py).
+    # after this many requests the client moves to a fresh UDP endpoint (see bridge/coap/client.py).
     rotate_after: Annotated[int, msgspec.Meta(ge=16, le=60000)] = 30000
     # Pager numbers this site uses (for Home Assistant discovery); any valid number works.
     numbers: list[int] = msgspec.field(default_factory=list)

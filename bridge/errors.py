@@ -17,7 +17,8 @@ publishes, from the documented vocabulary (README, "Results and error codes").
         └── AuthFailed              auth_failed       the upstream refused our credentials
 
 Lower-layer errors (CoAP and MQTT protocol errors, httpx, socket errors) are mapped to these in
-the package that owns each protocol (`bridge.coap`, `bridge.mqtt`, `bridge.sensaphone_http`),
+the package that owns each protocol (`bridge.coap.client`, `bridge.mqtt`,
+`bridge.schedules.transport`),
 with `raise ... from exc`, so nothing above the seams knows those libraries. `BridgeError` itself
 is never raised: anything unexpected is mapped to the vocabulary where it is caught.
 """

@@ -12,23 +12,24 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bridge import models, outbox
-from bridge.breaker import CircuitBreaker
-from bridge.coap import Transmitter
+from bridge.coap.client import Transmitter
 from bridge.config import Settings
-from bridge.dispatch import Dispatcher
+from bridge.contract import models
+from bridge.contract.topics import BaseTopic, PagerTopic, ResponseTopics, ScheduleTopic, Topics
+from bridge.core import outbox
+from bridge.core.breaker import CircuitBreaker
+from bridge.core.dispatch import Dispatcher
+from bridge.core.routing import Request, Router
+from bridge.core.supervise import Health, supervised
 from bridge.errors import BridgeError, InvalidPayload
-from bridge.homeassistant import HomeAssistant
-from bridge.metrics import Metrics
+from bridge.homeassistant.announcer import HomeAssistant
 from bridge.mqtt import MqttLink
-from bridge.observer import ObserverClaim
-from bridge.pager import PagerService
-from bridge.routing import Request, Router
-from bridge.schedules import ScheduleService
-from bridge.sensaphone import SensaphoneClient
-from bridge.sessions import Outbound
-from bridge.supervise import Health, supervised
-from bridge.topics import BaseTopic, PagerTopic, ResponseTopics, ScheduleTopic, Topics
+from bridge.ops.metrics import Metrics
+from bridge.pager.observer import ObserverClaim
+from bridge.pager.service import PagerService
+from bridge.pager.tracking import Outbound
+from bridge.schedules.sensaphone import SensaphoneClient
+from bridge.schedules.service import ScheduleService
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class Site:
 
     def start_loops(self, group: asyncio.TaskGroup, health: Health) -> list[asyncio.Task[None]]:
         """The site's loops, each supervised: a failure no one expected restarts that loop,
-        never the process (bridge.supervise)."""
+        never the process (bridge.core.supervise)."""
         loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("mqtt", lambda: self.link.run(self.dispatcher.submit, self.dispatcher.shed)),
             ("pager-watch", self.pager.watch),

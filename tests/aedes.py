@@ -1,6 +1,7 @@
 """The tests' second broker: aedes (Node.js, MQTT 3.1.1) in a child process on loopback ports.
 
-The same shape as `bridge.broker.Mosquitto` (`port`, `start()`, `stop()`, `kill()`, `restart()`
+The same shape as `bridge.dev.mosquitto.Mosquitto` (`port`, `start()`, `stop()`, `kill()`,
+`restart()`
 on the same ports, a context manager), plus `ws_port` (MQTT over WebSockets at `ws_path`) and,
 given a certificate and key, `wss_port` (over TLS). The broker itself is
 `tests/brokers/aedes.mjs` on the aedes and ws packages from the project's package.json
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from bridge.broker import free_port
+from bridge.dev.mosquitto import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "tests" / "brokers" / "aedes.mjs"

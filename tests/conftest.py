@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.broker import Mosquitto
+from bridge.dev.mosquitto import Mosquitto
 
 
 @pytest.fixture

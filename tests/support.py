@@ -16,7 +16,7 @@ from paho.mqtt.properties import Properties
 
 from bridge import config
 from bridge.app import Bridge
-from bridge.sim.pager import PagerSimulator
+from bridge.sim.pager.server import PagerSimulator
 
 Received = tuple[str, bytes, bool, Any]  # topic, payload, retain, properties
 

@@ -55,12 +55,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from bridge import models
 from bridge.config import MqttSettings, broker_address, client_id_or_default
+from bridge.contract import models
+from bridge.contract.topics import Topics, is_publishable
 from bridge.errors import BridgeError, Overloaded, PublishRefused
-from bridge.metrics import Metrics
 from bridge.mqtt.transport import PahoDriver, PreparedClient, open_socket
-from bridge.topics import Topics, is_publishable
+from bridge.ops.metrics import Metrics
 
 log = logging.getLogger("bridge.mqtt")
 

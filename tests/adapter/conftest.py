@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from bridge.coap import Transmitter
-from bridge.sim.pager import PagerSimulator
+from bridge.coap.client import Transmitter
+from bridge.sim.pager.server import PagerSimulator
 from tests.support import started_sim
 
 SESSIONS = "/v1/sessions"

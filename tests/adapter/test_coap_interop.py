@@ -16,7 +16,7 @@ import aiocoap
 import aiocoap.resource
 import pytest
 
-from bridge.coap import Transmitter
+from bridge.coap.client import Transmitter
 
 BODY = b"".join(b"%05d," % n for n in range(1000))  # 6,000 bytes: six blocks
 

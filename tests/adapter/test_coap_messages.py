@@ -26,8 +26,8 @@ import uvloop
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption
 
-from bridge import coap
-from bridge.coap import CoapReply, Transmitter
+from bridge.coap import client as coap
+from bridge.coap.client import CoapReply, Transmitter
 from bridge.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 Address = tuple[str, int]

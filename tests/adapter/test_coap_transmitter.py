@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from bridge.coap import CoapReply, Transmitter
+from bridge.coap.client import CoapReply, Transmitter
 from bridge.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from bridge.sim.pager import PagerSimulator
+from bridge.sim.pager.server import PagerSimulator
 from tests.support import started_sim
 
 SESSIONS = "/v1/sessions"

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from bridge.coap import Transmitter
-from bridge.sim.pager import PagerSimulator
+from bridge.coap.client import Transmitter
+from bridge.sim.pager.server import PagerSimulator
 from tests.adapter.conftest import SESSIONS, call
 from tests.support import started_sim
 

@@ -21,12 +21,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bridge.broker import Mosquitto, free_port
 from bridge.config import MqttSettings
+from bridge.contract.topics import Topics
+from bridge.dev.mosquitto import Mosquitto, free_port
 from bridge.errors import PublishRefused
-from bridge.metrics import Metrics
 from bridge.mqtt import Inbound, MqttLink
-from bridge.topics import Topics
+from bridge.ops.metrics import Metrics
 from tests.faults.tools import properties
 from tests.support import Peer, settings
 

@@ -21,11 +21,11 @@ import pytest
 import trustme
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge.broker import Mosquitto
-from bridge.metrics import Metrics
+from bridge.contract.topics import Topics
+from bridge.dev.mosquitto import Mosquitto
 from bridge.mqtt import MqttLink
 from bridge.mqtt.transport import PreparedClient
-from bridge.topics import Topics
+from bridge.ops.metrics import Metrics
 from tests.support import settings
 
 pytestmark = pytest.mark.broker

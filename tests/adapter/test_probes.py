@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from bridge.metrics import Metrics
-from bridge.probes import ProbeServer
+from bridge.ops.metrics import Metrics
+from bridge.ops.probes import ProbeServer
 
 Why = list[str | None]
 

@@ -15,12 +15,12 @@ import msgspec
 import pytest
 import trustme
 
-from bridge.breaker import CircuitBreaker
 from bridge.config import SensaphoneSettings
+from bridge.core.breaker import CircuitBreaker
 from bridge.errors import AuthFailed, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from bridge.metrics import Metrics
-from bridge.sensaphone import Parent, SensaphoneClient, TimeRange
-from bridge.sim.sensaphone import SensaphoneSimulator
+from bridge.ops.metrics import Metrics
+from bridge.schedules.sensaphone import Parent, SensaphoneClient, TimeRange
+from bridge.sim.sensaphone.server import SensaphoneSimulator
 
 PASSWORD = "demo-password"
 DEVICE = Parent("default_schedule", device_id=1234)

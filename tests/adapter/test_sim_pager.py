@@ -15,9 +15,9 @@ import msgspec
 import pytest
 from aiocoap.numbers.constants import TransportTuning
 
-from bridge.coap import CoapReply, Transmitter
-from bridge.sim.pager import PagerSimulator, serve
-from bridge.sim.pager_resources import is_compact
+from bridge.coap.client import CoapReply, Transmitter
+from bridge.sim.pager.resources import is_compact
+from bridge.sim.pager.server import PagerSimulator, serve
 from tests.adapter.conftest import call, only
 
 SESSIONS = "/v1/sessions"
@@ -351,8 +351,8 @@ def test_the_simulator_leaves_every_coap_packet_to_aiocoap() -> None:
     """No hand-written CoAP: the simulator (and the CLI that starts it) never loads the bridge's
     own codec or client, only aiocoap."""
     probe = (
-        "import sys, bridge.cli, bridge.sim.pager;"
-        "print(sorted(m for m in sys.modules if m.startswith('bridge.coap')))"
+        "import sys, bridge.cli, bridge.sim.pager.server;"
+        "print(sorted(m for m in sys.modules if m.startswith('bridge.coap.client')))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True

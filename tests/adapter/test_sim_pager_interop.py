@@ -22,7 +22,7 @@ import msgspec
 import pytest
 from aiocoap.numbers.codes import Code
 
-from bridge.sim.pager import PagerSimulator
+from bridge.sim.pager.server import PagerSimulator
 from tests.support import started_sim
 
 

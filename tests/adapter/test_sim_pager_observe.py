@@ -9,8 +9,8 @@ from typing import Any
 
 import msgspec
 
-from bridge.coap import Transmitter
-from bridge.sim.pager import PagerSimulator
+from bridge.coap.client import Transmitter
+from bridge.sim.pager.server import PagerSimulator
 from tests.adapter.conftest import call, only
 
 

@@ -26,8 +26,8 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import BlockOption
 
-from bridge.sim import pager
-from bridge.sim.pager import PagerSimulator
+from bridge.sim.pager import server as pager
+from bridge.sim.pager.server import PagerSimulator
 from tests.support import started_sim
 
 CON, NON, ACK, RST = Type.CON, Type.NON, Type.ACK, Type.RST
@@ -526,7 +526,7 @@ class Counter(aiocoap.resource.ObservableResource):  # type: ignore[misc]
 
 
 def test_udp6_on_uvloop_stops_reading_after_an_icmp_error() -> None:
-    """Why the simulator does not run udp6 on uvloop (`bridge.sim.pager.transport_for_loop`):
+    """Why the simulator does not run udp6 on uvloop (`bridge.sim.pager.server.transport_for_loop`):
     aiocoap's udp6 server, asked to notify a client whose port has closed, gets an ICMP error
     (it sets IP_RECVERR); uvloop's add_reader (libuv's uv_poll) then stops polling the socket
     for good, and the server answers nobody any more. If this test fails, aiocoap or uvloop has

@@ -8,9 +8,9 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 
 from bridge.app import Bridge
-from bridge.broker import Mosquitto
 from bridge.config import Settings
-from bridge.sim.pager import PagerSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.pager.server import PagerSimulator
 from tests.support import Peer, running, settings, started_sim
 
 pytestmark = pytest.mark.broker

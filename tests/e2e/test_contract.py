@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from bridge.app import Bridge
-from bridge.broker import Mosquitto
 from bridge.config import Settings
-from bridge.sim.pager import PagerSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.pager.server import PagerSimulator
 from tests.e2e.conftest import BridgeFactory
 from tests.faults.tools import properties
 from tests.support import Peer, http_get, running, started_sim

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bridge import homeassistant
+from bridge.homeassistant import announcer as homeassistant
 from tests.e2e.conftest import BridgeFactory
 from tests.support import Peer, Received
 

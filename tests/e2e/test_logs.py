@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import Bridge
-from bridge.logs import CorrelationFilter
+from bridge.ops.logs import CorrelationFilter
 from tests.support import Peer, http_get
 
 pytestmark = pytest.mark.broker
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.broker
 async def test_each_failed_command_is_one_line_with_its_correlation_id(
     bridge: Bridge, peer: Peer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bridge.dispatch")
+    caplog.set_level(logging.INFO, logger="bridge.core.dispatch")
     caplog.handler.addFilter(CorrelationFilter())
     ok = await peer.request("pager/66/action", {"action": "start", "transaction": "fine"})
     assert ok["status"] == "ok"
@@ -28,7 +28,7 @@ async def test_each_failed_command_is_one_line_with_its_correlation_id(
     await peer.publish("pager/66/action", b"")
     await peer.wait_for(lambda m: m[0] == "pager/66/action/result" and b"empty payload" in m[1])
 
-    lines = [r for r in caplog.records if r.name == "bridge.dispatch"]
+    lines = [r for r in caplog.records if r.name == "bridge.core.dispatch"]
     assert [(r.levelno, r.getMessage().split(": ")[1]) for r in lines] == [
         (logging.INFO, "invalid_payload"),
         (logging.WARNING, "upstream_error"),

@@ -20,8 +20,8 @@ import pytest
 from aiocoap.numbers.codes import Code
 
 from bridge.app import Bridge
-from bridge.broker import free_port
 from bridge.config import Settings
+from bridge.dev.mosquitto import free_port
 from tests.support import Peer, http_get, running
 
 pytestmark = pytest.mark.broker

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bridge.app import Bridge
-from bridge.sim.pager import PagerSimulator
+from bridge.sim.pager.server import PagerSimulator
 from tests.e2e.conftest import BridgeFactory
 from tests.support import Peer, started_sim
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.broker import Mosquitto
-from bridge.sim.pager import PagerSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.pager.server import PagerSimulator
 from tests.faults.tools import BridgeProcess
 from tests.support import Peer
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from bridge.app import Bridge
-from bridge.broker import Mosquitto
 from bridge.config import Settings
+from bridge.dev.mosquitto import Mosquitto
 from tests.support import Peer, running
 
 pytestmark = pytest.mark.broker

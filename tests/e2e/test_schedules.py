@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bridge.app import Bridge
-from bridge.sim.sensaphone import SensaphoneSimulator
+from bridge.sim.sensaphone.server import SensaphoneSimulator
 from tests.support import Peer, http_get
 
 pytestmark = pytest.mark.broker

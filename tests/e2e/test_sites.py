@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bridge.app import Bridge
-from bridge.broker import Mosquitto
-from bridge.sim.pager import PagerSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.pager.server import PagerSimulator
 from tests.faults.tools import sample
 from tests.support import Peer, http_get, running, settings, started_sim
 

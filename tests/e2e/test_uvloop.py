@@ -16,8 +16,8 @@ import pytest
 import uvloop
 
 from bridge.app import Bridge
-from bridge.broker import Mosquitto
-from bridge.coap import Transmitter
+from bridge.coap.client import Transmitter
+from bridge.dev.mosquitto import Mosquitto
 from bridge.errors import UpstreamUnavailable
 from tests.adapter import test_coap_transmitter as coap_tests
 from tests.e2e import test_contract as contract

@@ -15,7 +15,7 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.config import Settings
-from bridge.sim.pager import PagerSimulator
+from bridge.sim.pager.server import PagerSimulator
 from tests.aedes import Aedes
 from tests.support import Peer, Received, running, settings, started_sim
 

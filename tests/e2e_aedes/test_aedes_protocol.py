@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.sim.pager import PagerSimulator
+from bridge.sim.pager.server import PagerSimulator
 from tests.aedes import Aedes
 from tests.faults.tools import BridgeProcess, sample
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bridge.app import Bridge
-from bridge.sim.pager import PagerSimulator
+from bridge.sim.pager.server import PagerSimulator
 from tests.aedes import Aedes
 from tests.e2e_aedes.conftest import BridgeFactory, is_state, states
 from tests.faults.tools import BridgeProcess

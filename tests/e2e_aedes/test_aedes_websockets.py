@@ -18,7 +18,7 @@ import subprocess
 import aiomqtt
 import pytest
 
-from bridge.sim.pager import PagerSimulator
+from bridge.sim.pager.server import PagerSimulator
 from tests.aedes import ROOT, Aedes
 from tests.e2e_aedes.conftest import BridgeFactory, Certificates, is_state, states
 from tests.support import Peer

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.broker import Mosquitto
-from bridge.sim.sensaphone import SensaphoneSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.sensaphone.server import SensaphoneSimulator
 from tests.e2e.conftest import bridge_at, bridge_settings, pager_sim, peer
 from tests.faults.tools import SecureSetup
 

@@ -22,8 +22,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from bridge.app import Bridge
-from bridge.broker import Mosquitto
-from bridge.sim.sensaphone import SensaphoneSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.sensaphone.server import SensaphoneSimulator
 from tests.faults.tools import DurableClient, Ledger, properties, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]

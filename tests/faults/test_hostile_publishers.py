@@ -21,8 +21,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge.broker import Mosquitto
-from bridge.sim.pager import PagerSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.pager.server import PagerSimulator
 from tests.faults.tools import BridgeProcess, properties, sample, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]

@@ -12,8 +12,8 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 
 from bridge.app import Bridge
-from bridge.broker import Mosquitto
-from bridge.sim.pager import PagerSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.pager.server import PagerSimulator
 from tests.faults.tools import DurableClient, Ledger, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]

@@ -10,8 +10,8 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 
 from bridge.app import Bridge
-from bridge.broker import Mosquitto
-from bridge.sim.pager import PagerSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.pager.server import PagerSimulator
 from tests.faults.tools import DurableClient, Ledger, fetch_metrics, sample, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
@@ -110,7 +110,7 @@ async def test_silent_transmitter_opens_and_closes_the_circuit(
     assert not duplicates
     assert set(statuses) <= {"ok", "upstream_timeout", "upstream_unavailable"}, statuses
     # Only the requests that opened the circuit and the failed probes wait out a timeout; the
-    # ones queued behind them are refused when their turn comes (bridge.breaker.recheck).
+    # ones queued behind them are refused when their turn comes (bridge.core.breaker.recheck).
     assert 3 <= statuses["upstream_timeout"] <= 3 + opened_total(after)
     assert statuses["upstream_unavailable"] >= 10
     assert sample(during, "iotbridge_circuit_state", upstream="pager") in (1.0, 2.0)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.broker import Mosquitto
-from bridge.sim.pager import PagerSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.pager.server import PagerSimulator
 from tests.faults.tools import BridgeProcess, DurableClient, Ledger, sample, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]

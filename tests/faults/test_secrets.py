@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from bridge.broker import Mosquitto
-from bridge.sim.pager import PagerSimulator
-from bridge.sim.sensaphone import SensaphoneSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.pager.server import PagerSimulator
+from bridge.sim.sensaphone.server import SensaphoneSimulator
 from tests.faults.conftest import BRIDGE_PASSWORD, CLIENT_PASSWORD
 from tests.faults.tools import BridgeProcess, DurableClient, Ledger, SecureSetup, summary
 

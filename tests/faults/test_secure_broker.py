@@ -10,8 +10,8 @@ import aiomqtt
 import pytest
 
 from bridge.app import Bridge
-from bridge.broker import Mosquitto
-from bridge.sim.pager import PagerSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.pager.server import PagerSimulator
 from tests.faults.conftest import BRIDGE_PASSWORD, CLIENT_PASSWORD
 from tests.faults.tools import DurableClient, Ledger, SecureSetup, fetch_metrics, sample, summary
 from tests.support import running, settings
@@ -140,7 +140,7 @@ async def test_the_readme_acl_is_all_the_bridge_needs(
     async with client, running(Bridge(settings(**env))) as bridge:
         await client.publish("pager/24/action", '{"action":"start","transaction":"acl"}')
         # The idle session goes out after discovery; the first claim once no other replica
-        # claimed for a while (bridge/observer.py): both some seconds after the start.
+        # claimed for a while (bridge/pager/observer.py): both some seconds after the start.
         async with asyncio.timeout(15):
             await everything.wait()
         refused = bridge.metrics.registry.get_sample_value(

@@ -11,8 +11,8 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 
 from bridge.app import Bridge
-from bridge.broker import Mosquitto
-from bridge.sim.sensaphone import SensaphoneSimulator
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.sensaphone.server import SensaphoneSimulator
 from tests.faults.tools import DurableClient, Ledger, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]

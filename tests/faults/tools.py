@@ -27,7 +27,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.broker import free_port
+from bridge.dev.mosquitto import free_port
 
 NODELAY = ((6, 1, 1),)  # IPPROTO_TCP, TCP_NODELAY, on
 OnMessage = Callable[[str, bytes, Any], None]

@@ -18,10 +18,10 @@ import aiomqtt
 import httpx
 import pytest
 
-from bridge.broker import Mosquitto
-from bridge.demo import DEMO_PASSWORD
-from bridge.sim.pager import PagerSimulator
-from bridge.sim.sensaphone import SensaphoneSimulator
+from bridge.dev.demo import DEMO_PASSWORD
+from bridge.dev.mosquitto import Mosquitto
+from bridge.sim.pager.server import PagerSimulator
+from bridge.sim.sensaphone.server import SensaphoneSimulator
 from tests.faults.tools import BridgeProcess
 from tests.homeassistant import server
 from tests.homeassistant.client import HomeAssistant

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 from websockets.sync.client import connect
 
-from bridge.broker import free_port
+from bridge.dev.mosquitto import free_port
 
 HA_VERSION = os.environ.get("IOTBRIDGE_HA_VERSION", "2025.4.4")
 MINIMUM_PYTHON = (3, 13, 0)

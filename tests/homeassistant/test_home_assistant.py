@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from bridge.sim.pager import PagerSimulator
+from bridge.sim.pager.server import PagerSimulator
 from tests.homeassistant import server
 from tests.homeassistant.client import HomeAssistant, State
 from tests.homeassistant.conftest import (

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from bridge import asyncapi, models, schema
+from bridge.contract import asyncapi, models, schema
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "node_modules" / "@asyncapi" / "specs" / "schemas" / "3.0.0.json"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from bridge import schema
+from bridge.contract import schema
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,11 +1,11 @@
-"""Idempotency keys and redeliveries (bridge.dedup), and the cache's bounds."""
+"""Idempotency keys and redeliveries (bridge.core.dedup), and the cache's bounds."""
 
 from __future__ import annotations
 
 import pytest
 
-from bridge import dedup
-from bridge.dedup import Dedup, Reuse
+from bridge.core import dedup
+from bridge.core.dedup import Dedup, Reuse
 
 START = dedup.digest(b"start")
 CLEAR = dedup.digest(b"clear")

@@ -9,7 +9,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from bridge import discovery
 from bridge.config import (
     DiscoverySettings,
     ScheduleParent,
@@ -17,9 +16,10 @@ from bridge.config import (
     Settings,
     per_site,
 )
-from bridge.homeassistant import SEEN_MAX, HomeAssistant
-from bridge.sessions import Outbound
-from bridge.topics import Topics
+from bridge.contract.topics import Topics
+from bridge.homeassistant import discovery
+from bridge.homeassistant.announcer import SEEN_MAX, HomeAssistant
+from bridge.pager.tracking import Outbound
 
 # Required options per component, from https://www.home-assistant.io/integrations/<component>.mqtt
 # (plus `unique_id`, needed for an entity to belong to a device, and the device's identifiers).

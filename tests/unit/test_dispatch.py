@@ -16,11 +16,11 @@ import paho.mqtt.client as paho
 import pytest
 
 from bridge.config import LimitSettings, PagerSettings
-from bridge.dispatch import Dispatcher, TokenBucket
-from bridge.metrics import Metrics
+from bridge.contract.topics import Topics
+from bridge.core.dispatch import Dispatcher, TokenBucket
+from bridge.core.routing import Request, Router
 from bridge.mqtt import Inbound
-from bridge.routing import Request, Router
-from bridge.topics import Topics
+from bridge.ops.metrics import Metrics
 
 
 class FakeLink:

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.errors import InvalidPayload
-from bridge.interval import (
+from bridge.contract.interval import (
     DAYS,
     LIMIT,
     REPEATS,
@@ -21,6 +20,7 @@ from bridge.interval import (
     encode_interval,
     parse_interval,
 )
+from bridge.errors import InvalidPayload
 
 REPEAT_MASK = 512 | 1024 | 2048 | 4096
 

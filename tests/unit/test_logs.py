@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge import logs
+from bridge.ops import logs
 
 
 @pytest.fixture

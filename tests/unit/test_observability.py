@@ -1,7 +1,7 @@
 """The observability pack only speaks of metrics the bridge really exports.
 
 Every PromQL expression in the Grafana dashboard and the Prometheus rules file is checked against
-the sample names of a real `bridge.metrics.Metrics()` registry, so renaming a metric without
+the sample names of a real `bridge.ops.metrics.Metrics()` registry, so renaming a metric without
 updating the dashboard or the alerts fails here.
 """
 
@@ -18,7 +18,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from bridge.metrics import Metrics
+from bridge.ops.metrics import Metrics
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "iotbridge"
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"

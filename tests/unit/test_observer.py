@@ -3,7 +3,7 @@ one, renews while it holds, and lets go when its link has been down too long."""
 
 from __future__ import annotations
 
-from bridge.observer import ObserverClaim
+from bridge.pager.observer import ObserverClaim
 
 TOPIC = "bridge/observer"
 START = 1_000_000.0

@@ -1,4 +1,5 @@
-"""The pager service with a fake transmitter below the CoAP seam (`bridge.pager.CoapClient`):
+"""The pager service with a fake transmitter below the CoAP seam
+(`bridge.pager.service.CoapClient`):
 the circuit breaker, retries and what a command publishes, without a device or a broker.
 
 The same service against aiocoap and the simulator is in tests/adapter and tests/e2e.
@@ -14,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from bridge import models
-from bridge.coap import CoapReply
+from bridge.coap.client import CoapReply
 from bridge.config import PagerSettings
+from bridge.contract import models
+from bridge.contract.topics import Topics
 from bridge.errors import UpstreamTimeout, UpstreamUnavailable
-from bridge.metrics import Metrics
-from bridge.pager import PagerService
-from bridge.sessions import Outbound
-from bridge.topics import Topics
+from bridge.ops.metrics import Metrics
+from bridge.pager.service import PagerService
+from bridge.pager.tracking import Outbound
 
 
 class FakeTransmitter:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from bridge import models
 from bridge.config import LimitSettings, PagerSettings
+from bridge.contract import models
+from bridge.contract.topics import Topics
+from bridge.core.routing import Router, transaction_of
 from bridge.errors import BridgeError
-from bridge.routing import Router, transaction_of
-from bridge.topics import Topics
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.sensaphone_http import parse_envelope
+from bridge.schedules.transport import parse_envelope
 
 OK = b'{"result":{"success":true,"code":0,"message":"ok"},"response":'
 

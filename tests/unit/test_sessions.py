@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bridge.sessions import Outbound, SessionTracker
-from bridge.t7470_read import Session
-from bridge.topics import Topics
+from bridge.contract.topics import Topics
+from bridge.pager.t7470_read import Session
+from bridge.pager.tracking import Outbound, SessionTracker
 
 
 def session(state: str, seq: int, **fields: Any) -> Session:

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from bridge import supervise
-from bridge.metrics import Metrics
-from bridge.supervise import Health, supervised
+from bridge.core import supervise
+from bridge.core.supervise import Health, supervised
+from bridge.ops.metrics import Metrics
 
 
 async def test_a_failing_task_is_restarted_with_backoff_and_reported(

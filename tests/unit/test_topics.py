@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bridge.contract.topics import BaseTopic, PagerTopic, ScheduleTopic, Topics, is_publishable
 from bridge.errors import InvalidTopic
-from bridge.topics import BaseTopic, PagerTopic, ScheduleTopic, Topics, is_publishable
 
 
 @pytest.mark.parametrize(

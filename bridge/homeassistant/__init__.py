@@ -1,0 +1,1 @@
+"""Home Assistant MQTT discovery: what is announced (`discovery`) and when (`announcer`)."""

@@ -1,0 +1,1 @@
+"""Operating the bridge: Prometheus metrics, the probes server and logging."""

@@ -1,0 +1,1 @@
+"""The Sensaphone.net simulator: its store and its HTTP(S) server."""
