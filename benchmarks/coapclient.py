@@ -19,12 +19,12 @@ from typing import Any, Final
 
 import aiocoap
 from aiocoap.message import UndecidedRemote
+from aiocoap.numbers import ContentFormat
 from aiocoap.numbers.codes import Code
 
 from benchmarks.workload import SESSIONS
 
 _METHODS: Final = {"GET": Code.GET, "POST": Code.POST, "PUT": Code.PUT, "DELETE": Code.DELETE}
-CONTENT_FORMAT_JSON: Final = 50
 BRIDGE_TRANSPORTS: Final = ("simple6",)  # the bridge's client transport (bridge/coap/client.py)
 
 
@@ -69,7 +69,7 @@ class BareCoap:
             message.opt.uri_query = query
         if body is not None:
             message.payload = body
-            message.opt.content_format = CONTENT_FORMAT_JSON
+            message.opt.content_format = ContentFormat.JSON
         remote = self._remotes.get(port)
         message.remote = remote or UndecidedRemote("coap", f"127.0.0.1:{port}")
         async with asyncio.timeout(self._timeout):

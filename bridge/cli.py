@@ -208,14 +208,14 @@ def _check_config() -> int:
 
 
 def _schema(out: Path, *, check: bool) -> int:
-    from bridge.contract import schema  # noqa: PLC0415
+    from bridge.contract import documents  # noqa: PLC0415
 
     if check:
-        drifted = schema.drift(out)
+        drifted = documents.drift(out)
         for name in drifted:
             print(f"{out / name} differs from the models; run `iotbridge schema`", file=sys.stderr)  # noqa: T201
         return 1 if drifted else 0
-    for path in schema.write(out):
+    for path in documents.write(out):
         print(path)  # noqa: T201
     return 0
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from bridge.contract.topics import is_filter
+from bridge.mqtt.names import is_filter
 
 if TYPE_CHECKING:
     from bridge.config import PagerSettings, SensaphoneSettings, Settings

@@ -46,11 +46,11 @@ import aiocoap
 import aiocoap.error
 import msgspec
 from aiocoap.message import UndecidedRemote
+from aiocoap.numbers import ContentFormat
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.protocol import BlockwiseRequest
 
-from bridge.contract.t7470 import CONTENT_FORMAT_JSON
 from bridge.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -327,7 +327,7 @@ class Transmitter:
             message.opt.uri_query = tuple(f"{k}={v}" for k, v in query.items())
         if body is not None:
             message.payload = body
-            message.opt.content_format = CONTENT_FORMAT_JSON
+            message.opt.content_format = ContentFormat.JSON
         if etag is not None:
             message.opt.etags = (etag,)
         if observe is not None:

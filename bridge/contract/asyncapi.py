@@ -4,7 +4,7 @@ Every payload schema is the one `bridge.contract.schema` writes for the same top
 `msgspec.json.schema`), with each document's `$defs` gathered under `components.schemas` and its
 `$ref`s rewritten to point there. Operations are seen from the bridge's side: it *receives*
 commands (and replies on `<command topic>/result`) and *sends* state, events and statistics.
-`bridge.contract.schema.render` includes this document as `schemas/asyncapi.yaml`, so the same
+`bridge.contract.documents` writes this document as `schemas/asyncapi.yaml`, so the same
 drift test covers it.
 """
 
@@ -16,6 +16,7 @@ import msgspec
 import yaml
 
 from bridge import __version__
+from bridge.contract.commands import COMMANDS
 from bridge.contract.schema import DOCUMENTS
 
 MQTT_BINDING: Final = "0.2.0"
@@ -40,31 +41,12 @@ _NUMBER: Final = {
     "`pager.min_number`, `pager.max_number`)."
 }
 _SCHEDULE_ID: Final = {"description": "Sensaphone.net schedule id, a positive integer."}
+_COMMAND_CHANNELS: Final = tuple(
+    _Channel(kind.channel, kind.address, kind.document, "receive", False, kind.description)
+    for kind in COMMANDS
+)
 CHANNELS: Final = (
-    _Channel(
-        "pagerAction",
-        "pager/{number}/action",
-        "pager-action.json",
-        "receive",
-        False,
-        "Commands for one pager. A bare word (`page`) is accepted as the whole payload too.",
-    ),
-    _Channel(
-        "pagerBaseAction",
-        "pager/base/action",
-        "pager-base-action.json",
-        "receive",
-        False,
-        "Base-station-wide commands.",
-    ),
-    _Channel(
-        "scheduleTimerange",
-        "schedule/{schedule_id}/timerange",
-        "schedule-timerange.json",
-        "receive",
-        False,
-        "Commands on one Sensaphone.net schedule's time ranges.",
-    ),
+    *_COMMAND_CHANNELS,
     _Channel(
         "pagerSession",
         "pager/{number}/session",

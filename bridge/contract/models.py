@@ -229,6 +229,12 @@ class PagerStatistics(t7470.Statistics):
     activeSessions: int | None = None  # noqa: N815 - alongside the device's field names
 
 
+class Claim(msgspec.Struct, frozen=True):
+    """Retained on `bridge/observer` by the replica that observes the transmitter."""
+
+    holder: str
+
+
 class BridgeState(msgspec.Struct, frozen=True):
     state: Literal["online", "offline"]
 

@@ -16,9 +16,6 @@ import msgspec
 SessionState = Literal["started", "paged", "cleared"]
 ClearType = Literal["STOP", "REMOVED"]
 
-# CoAP Content-Format 50 is application/json (RFC 7252 §12.3).
-CONTENT_FORMAT_JSON = 50
-
 
 class Wire(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Base of device payloads: tolerant on decode, compact on encode."""

@@ -12,7 +12,9 @@ from typing import Final, Literal
 
 import msgspec
 
+from bridge.contract.models import OFFLINE, ONLINE
 from bridge.errors import InvalidTopic
+from bridge.mqtt.names import Channels, matches
 
 BASE: Final = "base"
 
@@ -35,44 +37,6 @@ class ScheduleTopic(msgspec.Struct, frozen=True):
 
 CommandTopic = PagerTopic | BaseTopic | ScheduleTopic
 Route = Literal["pager", "pager_base", "schedule"]
-
-
-def is_publishable(topic: str) -> bool:
-    """True for a concrete topic name: not empty, no wildcard, no NUL, not a `$` system topic."""
-    # On every publish: substring tests, not a set of the topic's characters (10x slower).
-    return (
-        bool(topic)
-        and topic[0] != "$"
-        and "+" not in topic
-        and "#" not in topic
-        and "\0" not in topic
-    )
-
-
-def is_filter(topic_filter: str) -> bool:
-    """A valid MQTT topic filter: not empty, `+` a whole level, `#` only the whole last one."""
-    if not topic_filter or "\0" in topic_filter:
-        return False
-    levels = topic_filter.split("/")
-    for i, level in enumerate(levels):
-        if "+" in level and level != "+":
-            return False
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            return False
-    return True
-
-
-def matches(topic_filter: str, topic: str) -> bool:
-    """MQTT filter matching (spec 4.7): `+` one level, `#` the rest; `$` topics only explicitly."""
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    wanted, levels = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(wanted):
-        if level == "#":
-            return True
-        if i >= len(levels) or (level not in ("+", levels[i])):
-            return False
-    return len(wanted) == len(levels)
 
 
 class ResponseTopics:
@@ -140,6 +104,10 @@ class Topics:
         if shared_group:
             return [f"$share/{shared_group}/{f}" for f in filters]
         return filters
+
+    def channels(self, shared_group: str = "") -> Channels:
+        """What the MQTT link subscribes to, and where and how it says the bridge is up."""
+        return Channels(self.subscriptions(shared_group), self.bridge_state, ONLINE, OFFLINE)
 
     # -- parsing ---------------------------------------------------------------------------
 

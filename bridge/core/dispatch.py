@@ -28,7 +28,7 @@ import msgspec
 
 from bridge.config import LimitSettings
 from bridge.contract import models
-from bridge.contract.topics import BaseTopic, PagerTopic, ScheduleTopic, Topics, is_publishable
+from bridge.contract.topics import Topics
 from bridge.core import outbox
 from bridge.core.dedup import Dedup, Entry, Reuse, digest
 from bridge.core.routing import Request, Router, transaction_of
@@ -41,7 +41,8 @@ from bridge.errors import (
     PublishRefused,
     UpstreamError,
 )
-from bridge.mqtt import Inbound
+from bridge.mqtt.link import Inbound
+from bridge.mqtt.names import is_publishable
 from bridge.ops.logs import Budget, correlation_id
 from bridge.ops.metrics import Metrics
 
@@ -85,7 +86,6 @@ RETAINED = (
     "a retained command is never carried out: the broker stored it (retain flag) and replays "
     "it to every new subscriber; publish commands without the retain flag"
 )
-_ROUTES = {PagerTopic: "pager", BaseTopic: "pager_base", ScheduleTopic: "schedule"}
 
 
 class Dispatcher:
@@ -253,12 +253,12 @@ class Dispatcher:
     async def _shed_request(self, inbound: Inbound, request: Request, exc: BridgeError) -> None:
         command = request.command
         correlation_id.set(_correlation(command.transaction, inbound))
-        route, action = _ROUTES[type(request.target)], str(command.__struct_config__.tag)
+        route, action = request.kind.route, str(command.__struct_config__.tag)
         await self._refuse(inbound, command.transaction, exc, route, action)
 
     async def _process(self, inbound: Inbound, request: Request) -> None:
         command = request.command
-        route, action = _ROUTES[type(request.target)], str(command.__struct_config__.tag)
+        route, action = request.kind.route, str(command.__struct_config__.tag)
         correlation_id.set(_correlation(command.transaction, inbound))
         if inbound.retain:
             await self._refuse(inbound, command.transaction, Expired(RETAINED), route, action)

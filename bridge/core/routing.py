@@ -2,7 +2,8 @@
 
 No I/O here. Every limit is enforced before any work is done: payload size, JSON shape and types
 (msgspec), then the limits that depend on configuration (pager number range, pageMode allow-list,
-label and message length).
+label and message length). What each command topic takes is in the command table
+(bridge.contract.commands).
 """
 
 from __future__ import annotations
@@ -14,42 +15,34 @@ import msgspec
 
 from bridge.config import LimitSettings, PagerSettings
 from bridge.contract import models
-from bridge.contract.interval import Interval, encode_interval, parse_interval
-from bridge.contract.topics import BaseTopic, CommandTopic, PagerTopic, ScheduleTopic, Topics
+from bridge.contract.commands import CommandKind, Lane, kind_of
+from bridge.contract.topics import CommandTopic, Topics
 from bridge.errors import BridgeError, InvalidPayload, UnknownAction
 
-_PAGER = msgspec.json.Decoder(models.PagerCommand)
-_BASE = msgspec.json.Decoder(models.BaseCommand)
-_SCHEDULE = msgspec.json.Decoder(models.TimerangeCommand)
 _LENIENT = msgspec.json.Decoder()
 _BARE_WORD = re.compile(rb"[a-z_]{1,32}")
 T = TypeVar("T")
-# Metric route label and the actions it accepts, per kind of command topic.
-_ROUTES: dict[type, tuple[str, tuple[str, ...]]] = {
-    PagerTopic: ("pager", models.PAGER_ACTIONS),
-    BaseTopic: ("pager_base", models.BASE_ACTIONS),
-    ScheduleTopic: ("schedule", models.SCHEDULE_ACTIONS),
-}
 
 
 class Request(msgspec.Struct, frozen=True):
-    """A validated command and what it addresses. `key` orders work: same key, same lane."""
+    """A validated command, what it addresses and its kind (bridge.contract.commands). `key`
+    orders work: same key, same lane."""
 
     target: CommandTopic
     command: models.Command
-    key: tuple[str, int]
+    key: Lane
+    kind: CommandKind
 
 
 class Router:
     """Validates inbound messages against the contract and this site's limits."""
 
-    __slots__ = ("_limits", "_modes", "_pager", "topics")
+    __slots__ = ("_limits", "_pager", "topics")
 
     def __init__(self, topics: Topics, pager: PagerSettings, limits: LimitSettings) -> None:
         self.topics = topics
         self._pager = pager
         self._limits = limits
-        self._modes = frozenset(pager.page_modes)
 
     def route(self, topic: str, payload: bytes) -> Request:
         """Raise InvalidTopic, InvalidPayload or UnknownAction; never anything else."""
@@ -60,24 +53,10 @@ class Router:
             raise InvalidPayload(
                 f"payload is {len(payload)} bytes; the limit is {self._limits.max_payload}"
             )
-        payload = _bare_word(payload)
-        match target:
-            case PagerTopic(number=number):
-                command: models.Command = _decode(_PAGER, payload, models.PAGER_ACTIONS)
-                self._check_pager(command)
-                return Request(target, command, ("pager", number))
-            case BaseTopic():
-                command = _decode(_BASE, payload, models.BASE_ACTIONS)
-                return Request(target, command, ("pager", 0))
-            case ScheduleTopic(schedule_id=schedule_id):
-                command = _decode(_SCHEDULE, payload, models.SCHEDULE_ACTIONS)
-                interval = getattr(command, "interval", None)
-                # Refuse the reserved bit and contradictory forms before any work is done.
-                if isinstance(interval, int):
-                    parse_interval(interval)
-                elif isinstance(interval, Interval):
-                    encode_interval(interval)
-                return Request(target, command, ("schedule", schedule_id))
+        kind = kind_of(target)
+        command: models.Command = _decode(kind.decoder, _bare_word(payload), kind.actions)
+        kind.check(command, self._pager)
+        return Request(target, command, kind.lane(target), kind)
 
     def attempted(self, topic: str, payload: bytes) -> tuple[str, str]:
         """Best-effort metric labels (route, action) of a command that did not validate: what
@@ -86,26 +65,10 @@ class Router:
             target = self.topics.parse(topic)
         except BridgeError:
             return "invalid", "none"
-        route, actions = _ROUTES[type(target)]
+        kind = kind_of(target)
         word = _bare_word(payload[: self._limits.max_payload])
         action = _peek(word, "action")
-        return route, action if action in actions else "none"
-
-    def _check_pager(self, command: models.Command) -> None:
-        mode = getattr(command, "pageMode", None)
-        if mode is not None and mode not in self._modes:
-            allowed = ", ".join(sorted(self._modes))
-            raise InvalidPayload(f"pageMode {mode[:64]!r} is not allowed; use one of: {allowed}")
-        label = getattr(command, "label", None)
-        if label is not None and len(label) > self._pager.max_label:
-            raise InvalidPayload(
-                f"label is {len(label)} characters; the limit is {self._pager.max_label}"
-            )
-        message = getattr(command, "message", None)
-        if message is not None and len(message) > self._pager.max_message:
-            raise InvalidPayload(
-                f"message is {len(message)} characters; the limit is {self._pager.max_message}"
-            )
+        return kind.route, action if action in kind.actions else "none"
 
 
 def _bare_word(payload: bytes) -> bytes:

@@ -38,7 +38,8 @@ from typing import Any, Final
 import msgspec
 
 from bridge.config import Settings
-from bridge.contract.topics import Topics, is_publishable
+from bridge.contract.topics import Topics
+from bridge.mqtt.names import is_publishable
 from bridge.pager.tracking import Outbound
 
 EVENT_TYPES: Final = ("started", "paged", "cleared", "removed", "updated", "error")

@@ -56,9 +56,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.config import MqttSettings, broker_address, client_id_or_default
-from bridge.contract import models
-from bridge.contract.topics import Topics, is_publishable
 from bridge.errors import BridgeError, Overloaded, PublishRefused
+from bridge.mqtt.names import Channels, is_publishable
 from bridge.mqtt.transport import PahoDriver, PreparedClient, open_socket
 from bridge.ops.metrics import Metrics
 
@@ -183,7 +182,7 @@ class MqttLink:
     def __init__(
         self,
         settings: MqttSettings,
-        topics: Topics,
+        channels: Channels,
         metrics: Metrics,
         *,
         receive_maximum: int = 100,
@@ -194,7 +193,7 @@ class MqttLink:
     ) -> None:
         self._settings = settings
         self._connected_gauge = metrics.child(metrics.mqtt_connected, site)
-        self._topics = topics
+        self._channels = channels
         self._metrics = metrics
         self._receive_maximum = max(1, min(receive_maximum, 65535))
         self._max_payload = max_payload
@@ -254,7 +253,8 @@ class MqttLink:
         # broker's Receive Maximum anyway (tests/adapter/test_mqtt_paho.py): the link keeps the
         # window itself (`_window`, `_held`), and paho's is off.
         client.max_inflight_messages_set(0)
-        client.will_set(self._topics.bridge_state, models.OFFLINE, qos=1, retain=True)
+        channels = self._channels
+        client.will_set(channels.state_topic, channels.offline, qos=1, retain=True)
         if address.username is not None or address.password is not None:
             client.username_pw_set(address.username, address.password)
         if self.v5:
@@ -447,7 +447,7 @@ class MqttLink:
 
     async def _set_up(self, conn: _Connection) -> None:
         """Subscribe (commands, watchers, broker facts) in one SUBSCRIBE, then publish online."""
-        commands = self._topics.subscriptions(self._settings.shared_group)
+        commands = self._channels.subscriptions
         filters = [(f, 1) for f in commands] + [(f, 1) for f, _ in self._watchers]
         if self._settings.broker_stats:
             # Mosquitto counts messages it dropped (queue limits) here; other brokers may not.
@@ -457,7 +457,7 @@ class MqttLink:
         conn.subscribing[mid or 0] = waiter
         codes = await waiter
         self._check_granted(filters, codes, len(commands))
-        await self.publish_soon(self._topics.bridge_state, models.ONLINE, retain=True)
+        await self.publish_soon(self._channels.state_topic, self._channels.online, retain=True)
 
     def _check_granted(self, filters: list[tuple[str, int]], codes: list[int], count: int) -> None:
         if len(codes) != len(filters):
@@ -540,7 +540,9 @@ class MqttLink:
         try:
             async with asyncio.timeout(2):
                 await conn.wait(
-                    self.publish_soon(self._topics.bridge_state, models.OFFLINE, retain=True)
+                    self.publish_soon(
+                        self._channels.state_topic, self._channels.offline, retain=True
+                    )
                 )
         except TimeoutError:
             log.warning("could not publish offline state: no PUBACK within 2 s")

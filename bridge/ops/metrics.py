@@ -6,6 +6,7 @@ upstream names. Never a pager number, topic, schedule id or user.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final, TypeVar
 
 from prometheus_client import (
@@ -16,8 +17,6 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
-
-from bridge.pager.t7470_read import as_number
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
@@ -211,12 +210,11 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def set_pager_statistics(self, site: str, values: dict[str, Any]) -> None:
-        """The gauges of the statistics the transmitter reported (numbers, also as text)."""
-        for field, value in values.items():
+    def set_pager_statistics(self, site: str, values: Mapping[str, float]) -> None:
+        """The gauges of the statistics the transmitter reported (those that are numbers)."""
+        for field, number in values.items():
             gauge = self.pager_statistics.get(field)
-            number = as_number(value)
-            if gauge is not None and number is not None:
+            if gauge is not None:
                 self.child(gauge, site).set(number)
 
     def sensaphone_observer(self) -> SensaphoneMetrics:

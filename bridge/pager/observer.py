@@ -34,6 +34,7 @@ from typing import Final
 
 import msgspec
 
+from bridge.contract.models import Claim
 from bridge.errors import BridgeError
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 RENEW: Final = 2.0
 SETTLE: Final = 1.0
 TICK: Final = 0.5
-
-
-class Claim(msgspec.Struct, frozen=True):
-    holder: str
 
 
 _ENCODE = msgspec.json.Encoder().encode

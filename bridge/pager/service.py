@@ -37,7 +37,7 @@ from bridge.errors import (
 from bridge.ops.metrics import Metrics
 from bridge.pager import t7470_read
 from bridge.pager.observer import ObserverClaim
-from bridge.pager.t7470_read import Reply, Session
+from bridge.pager.t7470_read import Reply, Session, as_number
 from bridge.pager.tracking import Outbound, Publish, SessionTracker
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,10 @@ class PagerService:
         if changed:  # the gauges too only when they moved (every reply carries statistics)
             out += changed
             if reply.statistics is not None:
-                self._metrics.set_pager_statistics(self._site, reply.statistics)
+                numbers = {k: as_number(v) for k, v in reply.statistics.items()}
+                self._metrics.set_pager_statistics(
+                    self._site, {k: n for k, n in numbers.items() if n is not None}
+                )
             self._metrics.child(self._metrics.pager_active_sessions, self._site).set(
                 len(self.tracker.active)
             )

@@ -25,7 +25,7 @@ from bridge.config import MqttSettings
 from bridge.contract.topics import Topics
 from bridge.dev.mosquitto import Mosquitto, free_port
 from bridge.errors import PublishRefused
-from bridge.mqtt import Inbound, MqttLink
+from bridge.mqtt.link import Inbound, MqttLink
 from bridge.ops.metrics import Metrics
 from tests.faults.tools import properties
 from tests.support import Peer, settings
@@ -33,6 +33,9 @@ from tests.support import Peer, settings
 pytestmark = pytest.mark.broker
 
 Handler = Callable[[Inbound], Awaitable[None]]
+# What the bridge's contract tells the link (commands on pager/+/action and
+# schedule/+/timerange, bridge/state online and offline).
+CHANNELS = Topics().channels()
 
 
 def link_settings(port: int, **env: str) -> MqttSettings:
@@ -91,7 +94,7 @@ def results(peer: Peer, prefix: str) -> list[bytes]:
 
 async def test_commands_in_results_out_and_state(broker: Mosquitto) -> None:
     metrics = Metrics()
-    link = MqttLink(link_settings(broker.port), Topics(), metrics)
+    link = MqttLink(link_settings(broker.port), CHANNELS, metrics)
     async with running(link), Peer(broker.port) as peer:
         online = await peer.wait_for(lambda m: m[0] == "bridge/state")
         assert (json.loads(online[1]), online[2]) == ({"state": "online"}, True)  # retained
@@ -105,14 +108,14 @@ async def test_commands_in_results_out_and_state(broker: Mosquitto) -> None:
         assert json.loads(offline[1]) == {"state": "offline"}
     # Everything was acknowledged: nothing comes back on the next session.
     seen: list[Inbound] = []
-    again = MqttLink(link_settings(broker.port), Topics(), Metrics())
+    again = MqttLink(link_settings(broker.port), CHANNELS, Metrics())
     async with running(again, echo(again, seen)):
         await asyncio.sleep(0.5)
     assert seen == []
 
 
 async def test_response_topic_correlation_and_expiry(broker: Mosquitto) -> None:
-    link = MqttLink(link_settings(broker.port), Topics(), Metrics())
+    link = MqttLink(link_settings(broker.port), CHANNELS, Metrics())
     seen: list[Inbound] = []
     async with Peer(broker.port) as peer, running(link, echo(link, seen)):
         props = properties(
@@ -129,7 +132,7 @@ async def test_response_topic_correlation_and_expiry(broker: Mosquitto) -> None:
 
 
 async def test_mqtt_311(broker: Mosquitto) -> None:
-    link = MqttLink(link_settings(broker.port, mqtt_protocol="3.1.1"), Topics(), Metrics())
+    link = MqttLink(link_settings(broker.port, mqtt_protocol="3.1.1"), CHANNELS, Metrics())
     seen: list[Inbound] = []
     async with Peer(broker.port, v5=False) as peer, running(link, echo(link, seen)):
         assert not link.v5
@@ -177,7 +180,7 @@ async def test_more_publishes_than_the_brokers_receive_maximum(
     drop a client that exceeds it; the link keeps to it anyway, as MQTT 5 requires."""
     with Mosquitto(extra="max_inflight_messages 5\n") as broker, paho_log(caplog) as lines:
         metrics = Metrics()
-        link = MqttLink(link_settings(broker.port), Topics(), metrics)
+        link = MqttLink(link_settings(broker.port), CHANNELS, metrics)
         async with Peer(broker.port) as peer, running(link):
             await asyncio.gather(*(link.publish(f"out/{n}", b"%d" % n) for n in range(300)))
             await until(lambda: bool(peer.on("out/299")), 10)
@@ -191,7 +194,7 @@ async def test_broker_restart_mid_publish(broker: Mosquitto) -> None:
     """Publishes waiting for a PUBACK (or for their turn) when the connection drops are sent
     again on the next connection, promptly: none is lost, none fails."""
     metrics = Metrics()
-    link = MqttLink(link_settings(broker.port), Topics(), metrics)
+    link = MqttLink(link_settings(broker.port), CHANNELS, metrics)
     count = 2000
     async with running(link):
         publishes = asyncio.gather(
@@ -236,7 +239,7 @@ async def test_unacknowledged_publishes_are_resent_with_dup_on_the_resumed_sessi
     sends the unacknowledged publishes again with DUP set, under their packet ids."""
     metrics = Metrics()
     env = {"mqtt_op_timeout": "1"}
-    link = MqttLink(link_settings(broker.port, **env), Topics(), metrics)
+    link = MqttLink(link_settings(broker.port, **env), CHANNELS, metrics)
     with paho_log(caplog) as lines:
         async with Peer(broker.port) as peer, running(link):
             with frozen(broker):
@@ -260,7 +263,7 @@ async def test_a_lost_session_is_a_warning_and_a_metric(
     """The broker comes back without its persistence file: our session, and whatever it held
     for us, is gone. The link says so, subscribes again and carries on."""
     metrics = Metrics()
-    link = MqttLink(link_settings(broker.port), Topics(), metrics)
+    link = MqttLink(link_settings(broker.port), CHANNELS, metrics)
     async with running(link):
         broker.stop()
         for db in Path(broker.config_path).parent.glob("*.db"):
@@ -282,7 +285,7 @@ async def test_a_refused_publish_is_not_delivered(broker: Mosquitto, tmp_path: P
     acl.write_text("topic readwrite #\ntopic deny refused/#\n", encoding="utf-8")
     with Mosquitto(acl_file=str(acl)) as guarded:
         metrics = Metrics()
-        link = MqttLink(link_settings(guarded.port), Topics(), metrics)
+        link = MqttLink(link_settings(guarded.port), CHANNELS, metrics)
         async with running(link):
             with pytest.raises(PublishRefused, match=r"Not authorized \(0x87\)"):
                 await link.publish("refused/1", b"x")
@@ -293,7 +296,7 @@ async def test_a_refused_publish_is_not_delivered(broker: Mosquitto, tmp_path: P
 
 
 async def test_ack_only_on_the_connection_it_came_on(broker: Mosquitto) -> None:
-    link = MqttLink(link_settings(broker.port), Topics(), Metrics())
+    link = MqttLink(link_settings(broker.port), CHANNELS, Metrics())
     seen: list[Inbound] = []
 
     async def keep(inbound: Inbound) -> None:
@@ -312,7 +315,7 @@ async def test_ack_only_on_the_connection_it_came_on(broker: Mosquitto) -> None:
         link.ack(first)  # stale: its packet id means nothing on the new connection
         link.ack(second)
         await asyncio.sleep(0.2)
-    again = MqttLink(link_settings(broker.port), Topics(), Metrics())
+    again = MqttLink(link_settings(broker.port), CHANNELS, Metrics())
     late: list[Inbound] = []
     async with running(again, keep_into(late)):
         await asyncio.sleep(0.5)
@@ -323,7 +326,7 @@ async def test_a_lost_connection_cancels_a_blocked_handler(broker: Mosquitto) ->
     """The handler waits (a full window) when the connection drops: that wait is cancelled, the
     link reconnects at once, and the broker redelivers the message to the handler."""
     metrics = Metrics()
-    link = MqttLink(link_settings(broker.port), Topics(), metrics)
+    link = MqttLink(link_settings(broker.port), CHANNELS, metrics)
     calls: list[Inbound] = []
     cancelled = asyncio.Event()
     never = asyncio.Event()
@@ -354,7 +357,7 @@ async def test_a_full_handler_stops_reading_from_the_socket(broker: Mosquitto) -
     """While the handler does not take messages, at most about `receive_maximum` wait in the
     link: it stops reading, and the rest wait in the kernel and at the broker. QoS 0 is what
     no Receive Maximum limits, so the peer sends that."""
-    link = MqttLink(link_settings(broker.port), Topics(), Metrics(), receive_maximum=10)
+    link = MqttLink(link_settings(broker.port), CHANNELS, Metrics(), receive_maximum=10)
     release = asyncio.Event()
     handled: list[Inbound] = []
 
@@ -385,7 +388,7 @@ def keep_into(seen: list[Inbound]) -> Handler:
 
 
 async def test_watchers_and_refusals(broker: Mosquitto) -> None:
-    link = MqttLink(link_settings(broker.port), Topics(), Metrics())
+    link = MqttLink(link_settings(broker.port), CHANNELS, Metrics())
     watched: list[tuple[str, bytes]] = []
     link.watch("homeassistant/+/iotbridge/#", lambda t, p: watched.append((t, p)))
     async with Peer(broker.port) as peer, running(link):
@@ -422,7 +425,7 @@ async def test_no_connack_is_a_timeout() -> None:
     metrics = Metrics()
     async with mute_listener() as port:
         env = {"mqtt_op_timeout": "0.3", "mqtt_reconnect_min": "5", "mqtt_reconnect_max": "5"}
-        link = MqttLink(link_settings(port, **env), Topics(), metrics)
+        link = MqttLink(link_settings(port, **env), CHANNELS, metrics)
         task = asyncio.create_task(link.run(echo(link)))
         await asyncio.sleep(0.6)
         task.cancel()
@@ -439,7 +442,7 @@ async def test_a_silent_broker_is_dropped_by_the_keepalive(broker: Mosquitto) ->
     mqtt = msgspec.structs.replace(
         link_settings(broker.port, mqtt_reconnect_min="5", mqtt_reconnect_max="5"), keepalive=1
     )
-    link = MqttLink(mqtt, Topics(), metrics)
+    link = MqttLink(mqtt, CHANNELS, metrics)
     async with running(link):
         with frozen(broker):
             started = time.monotonic()
@@ -466,7 +469,7 @@ async def test_an_http_server_on_the_broker_port_is_named_as_such(
         await node.stdout.readline()
         metrics = Metrics()
         env = {"mqtt_reconnect_min": "0.1", "mqtt_reconnect_max": "0.1"}
-        link = MqttLink(link_settings(port, **env), Topics(), metrics)
+        link = MqttLink(link_settings(port, **env), CHANNELS, metrics)
         task = asyncio.create_task(link.run(echo(link)))
         await until(lambda: metrics.mqtt_connect_failures.labels("protocol")._value.get() >= 3, 5)
         task.cancel()
@@ -484,7 +487,7 @@ async def test_a_pause_does_not_outlive_its_connection(broker: Mosquitto) -> Non
     """Reading was paused (a full inbox) when the connection dropped: the next connection
     reads again, or it would never see its CONNACK."""
     metrics = Metrics()
-    link = MqttLink(link_settings(broker.port), Topics(), metrics, receive_maximum=5)
+    link = MqttLink(link_settings(broker.port), CHANNELS, metrics, receive_maximum=5)
     release = asyncio.Event()
 
     async def stuck(_inbound: Inbound) -> None:
@@ -508,7 +511,7 @@ async def test_publishes_queued_while_the_socket_is_full_are_written(broker: Mos
     request: paho's later packets sat in its queue, no PUBACK came, and the watchdog took the
     broker for dead (seen under a QoS 0 flood answered with results)."""
     metrics = Metrics()
-    link = MqttLink(link_settings(broker.port, mqtt_op_timeout="5"), Topics(), metrics)
+    link = MqttLink(link_settings(broker.port, mqtt_op_timeout="5"), CHANNELS, metrics)
     payload = b"x" * 60_000
     async with running(link):
         driver = link._driver

@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.contract.topics import Topics
 from bridge.dev.mosquitto import Mosquitto
-from bridge.mqtt import MqttLink
+from bridge.mqtt.link import MqttLink
 from bridge.mqtt.transport import PreparedClient
 from bridge.ops.metrics import Metrics
 from tests.support import settings
@@ -71,7 +71,7 @@ async def test_paho_connect_blocks_but_the_link_keeps_the_loop_running(tmp_path:
             "mqtt_reconnect_min": "5",
             "mqtt_reconnect_max": "5",
         }
-        link = MqttLink(settings(**env).mqtt, Topics(), metrics)
+        link = MqttLink(settings(**env).mqtt, Topics().channels(), metrics)
         run = asyncio.create_task(link.run(_ignore))
         ticks, gaps = 0, 0.0
         last = time.monotonic()

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from bridge.contract import asyncapi, models, schema
+from bridge.contract import asyncapi, documents, models
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "node_modules" / "@asyncapi" / "specs" / "schemas" / "3.0.0.json"
@@ -65,8 +65,8 @@ def address(doc: dict[str, Any], channel_ref: str) -> str:
 
 
 def test_committed_file_is_in_sync() -> None:
-    assert "asyncapi.yaml" in schema.render()
-    assert "asyncapi.yaml" not in schema.drift(ROOT / "schemas"), (
+    assert "asyncapi.yaml" in documents.render()
+    assert "asyncapi.yaml" not in documents.drift(ROOT / "schemas"), (
         "schemas/asyncapi.yaml differs from the models: run `iotbridge schema`"
     )
 

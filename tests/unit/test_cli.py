@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from bridge.contract import schema
+from bridge.contract import documents
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def test_bad_value_exits_non_zero_with_one_line() -> None:
 
 
 def test_committed_schemas_match_the_models() -> None:
-    drifted = schema.drift(ROOT / "schemas")
+    drifted = documents.drift(ROOT / "schemas")
     assert drifted == [], f"run `iotbridge schema` to regenerate: {drifted}"
     done = iotbridge("schema", "--check")
     assert done.returncode == 0, done.stderr

@@ -19,7 +19,7 @@ from bridge.config import LimitSettings, PagerSettings
 from bridge.contract.topics import Topics
 from bridge.core.dispatch import Dispatcher, TokenBucket
 from bridge.core.routing import Request, Router
-from bridge.mqtt import Inbound
+from bridge.mqtt.link import Inbound
 from bridge.ops.metrics import Metrics
 
 

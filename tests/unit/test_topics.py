@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.contract.topics import BaseTopic, PagerTopic, ScheduleTopic, Topics, is_publishable
+from bridge.contract.topics import BaseTopic, PagerTopic, ScheduleTopic, Topics
 from bridge.errors import InvalidTopic
+from bridge.mqtt.names import is_publishable
 
 
 @pytest.mark.parametrize(

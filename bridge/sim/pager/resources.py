@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import msgspec
+from aiocoap.numbers import ContentFormat
 from aiocoap.numbers.codes import Code
 
 from bridge.contract import t7470
@@ -181,17 +182,17 @@ class DeviceResources:
             envelope = self.device.envelope(["settings"], settings=settings)
             payload = t7470.encode(envelope)
             self._broadcast(payload)
-            return Response(Code.CHANGED, payload, t7470.CONTENT_FORMAT_JSON)
+            return Response(Code.CHANGED, payload, ContentFormat.JSON)
         raise DeviceError("4.05", "method not allowed on /v1/settings")
 
 
 def reply(code: Code, envelope: t7470.Envelope) -> Response:
-    return Response(code, t7470.encode(envelope), t7470.CONTENT_FORMAT_JSON)
+    return Response(code, t7470.encode(envelope), ContentFormat.JSON)
 
 
 def error(exc: DeviceError) -> Response:
     body = msgspec.json.encode({"error": exc.message})
-    return Response(_CODES[exc.code], body, t7470.CONTENT_FORMAT_JSON)
+    return Response(_CODES[exc.code], body, ContentFormat.JSON)
 
 
 def notify_action(request: Request, *, observable: bool) -> str | None:
@@ -222,7 +223,7 @@ def _body(request: Request, decoder: msgspec.json.Decoder[_T]) -> _T:
     payload = request.payload
     if not payload:
         raise DeviceError("4.00", "request body is required")
-    if request.content_format != t7470.CONTENT_FORMAT_JSON:
+    if request.content_format != ContentFormat.JSON:
         raise DeviceError("4.15", "request body must have Content-Format 50 (application/json)")
     if not is_compact(payload):
         raise DeviceError("4.00", "request body must be compact JSON")

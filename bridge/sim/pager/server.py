@@ -71,6 +71,7 @@ import aiocoap
 import aiocoap.resource
 from aiocoap.blockwise import Block2Cache
 from aiocoap.error import BadOption, ProxyingNotSupported
+from aiocoap.numbers import ContentFormat
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
 from aiocoap.numbers.optionnumbers import OptionNumber
@@ -484,7 +485,7 @@ class _Notify(aiocoap.resource.Resource):  # type: ignore[misc]
         """The answer to `request` carrying `payload`: whole, or its first block (the body is
         kept for the client's requests of the later blocks)."""
         message = aiocoap.Message(
-            code=Code.CONTENT, payload=payload, content_format=t7470.CONTENT_FORMAT_JSON
+            code=Code.CONTENT, payload=payload, content_format=ContentFormat.JSON
         )
         if etag is not None:
             message.opt.etag = etag
