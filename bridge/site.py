@@ -19,6 +19,7 @@ from bridge.contract.topics import ResponseTopics, Topics
 from bridge.core import outbox
 from bridge.core.breaker import CircuitBreaker
 from bridge.core.dispatch import Dispatcher
+from bridge.core.outbox import Outbound
 from bridge.core.routing import Request, Router
 from bridge.core.supervise import Health, supervised
 from bridge.errors import BridgeError
@@ -27,7 +28,6 @@ from bridge.mqtt.link import MqttLink
 from bridge.ops.metrics import Metrics
 from bridge.pager.observer import ObserverClaim
 from bridge.pager.service import PagerService
-from bridge.pager.tracking import Outbound
 from bridge.schedules.sensaphone import SensaphoneClient
 from bridge.schedules.service import ScheduleService
 

@@ -13,8 +13,21 @@ there is no outbox and `send()` awaits the publishes itself.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
+from typing import NamedTuple
+
+
+class Outbound(NamedTuple):
+    """One message to publish (QoS 1)."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+# Starts publishing `out` at once, in order; the awaitable completes when all were acknowledged.
+Publish = Callable[[list[Outbound]], Awaitable[object]]
 
 _current: ContextVar[list[Awaitable[object]] | None] = ContextVar("outbox", default=None)
 

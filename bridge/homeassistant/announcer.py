@@ -24,9 +24,9 @@ from collections.abc import Callable, Collection
 from bridge import __version__
 from bridge.config import Settings, client_id_or_default
 from bridge.contract.topics import Topics
+from bridge.core.outbox import Outbound, Publish
 from bridge.errors import BridgeError
 from bridge.homeassistant import discovery
-from bridge.pager.tracking import Outbound, Publish
 
 log = logging.getLogger(__name__)
 

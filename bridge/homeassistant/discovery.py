@@ -39,8 +39,8 @@ import msgspec
 
 from bridge.config import Settings
 from bridge.contract.topics import Topics
+from bridge.core.outbox import Outbound
 from bridge.mqtt.names import is_publishable
-from bridge.pager.tracking import Outbound
 
 EVENT_TYPES: Final = ("started", "paged", "cleared", "removed", "updated", "error")
 # Home Assistant accepts only these characters in node and object ids.

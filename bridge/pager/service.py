@@ -26,6 +26,7 @@ from bridge.contract import models, t7470
 from bridge.contract.topics import Topics
 from bridge.core import outbox
 from bridge.core.breaker import CircuitBreaker
+from bridge.core.outbox import Outbound, Publish
 from bridge.errors import (
     BridgeError,
     CircuitOpen,
@@ -38,7 +39,7 @@ from bridge.ops.metrics import Metrics
 from bridge.pager import t7470_read
 from bridge.pager.observer import ObserverClaim
 from bridge.pager.t7470_read import Reply, Session, as_number
-from bridge.pager.tracking import Outbound, Publish, SessionTracker
+from bridge.pager.tracking import SessionTracker
 
 log = logging.getLogger(__name__)
 

@@ -10,28 +10,19 @@ yields one event, not two.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Literal, NamedTuple
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import msgspec
 
 from bridge.contract.models import ENCODER
 from bridge.contract.topics import Topics
+from bridge.core.outbox import Outbound
 from bridge.pager.t7470_read import COMPARED, Session
 
 EventName = Literal["started", "paged", "cleared", "removed", "updated"]
 _DECODE = msgspec.json.Decoder().decode
 _ENDED_MEMORY = 4096
-
-
-class Outbound(NamedTuple):
-    topic: str
-    payload: bytes
-    retain: bool
-
-
-# Starts publishing `out` at once, in order; the awaitable completes when all were acknowledged.
-Publish = Callable[[list[Outbound]], Awaitable[object]]
 
 
 class SessionTracker:

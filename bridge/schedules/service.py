@@ -19,8 +19,8 @@ from bridge.contract import models
 from bridge.contract.interval import Interval, decode_interval, encode_interval, parse_interval
 from bridge.contract.topics import Topics
 from bridge.core import outbox
+from bridge.core.outbox import Outbound, Publish
 from bridge.errors import BridgeError, InvalidPayload, UpstreamUnavailable
-from bridge.pager.tracking import Outbound, Publish
 from bridge.schedules.sensaphone import Parent, SensaphoneClient, TimeRange
 
 log = logging.getLogger(__name__)

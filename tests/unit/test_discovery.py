@@ -17,9 +17,9 @@ from bridge.config import (
     per_site,
 )
 from bridge.contract.topics import Topics
+from bridge.core.outbox import Outbound
 from bridge.homeassistant import discovery
 from bridge.homeassistant.announcer import SEEN_MAX, HomeAssistant
-from bridge.pager.tracking import Outbound
 
 # Required options per component, from https://www.home-assistant.io/integrations/<component>.mqtt
 # (plus `unique_id`, needed for an entity to belong to a device, and the device's identifiers).

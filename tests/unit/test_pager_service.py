@@ -19,10 +19,10 @@ from bridge.coap.client import CoapReply
 from bridge.config import PagerSettings
 from bridge.contract import models
 from bridge.contract.topics import Topics
+from bridge.core.outbox import Outbound
 from bridge.errors import UpstreamTimeout, UpstreamUnavailable
 from bridge.ops.metrics import Metrics
 from bridge.pager.service import PagerService
-from bridge.pager.tracking import Outbound
 
 
 class FakeTransmitter:

@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from bridge.contract.topics import Topics
+from bridge.core.outbox import Outbound
 from bridge.pager.t7470_read import Session
-from bridge.pager.tracking import Outbound, SessionTracker
+from bridge.pager.tracking import SessionTracker
 
 
 def session(state: str, seq: int, **fields: Any) -> Session:
