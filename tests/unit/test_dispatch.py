@@ -227,3 +227,54 @@ async def test_an_unexpected_failure_is_an_upstream_error_logged_once_in_full(
     assert "KeyError" in errors[0]["message"]
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1
+
+
+async def test_a_retry_with_the_same_transaction_is_answered_from_the_first_outcome() -> None:
+    transmitter = Transmitter()
+    transmitter.release.set()
+    dispatch, link, metrics = dispatcher(transmitter)
+    body = {"action": "page", "transaction": "once"}
+    await dispatch.submit(inbound("pager/3/action", body))
+    assert await dispatch.drain(1)
+    await dispatch.submit(inbound("pager/3/action", body))  # the client's retry
+    assert await dispatch.drain(1)
+    assert transmitter.started == ["once"]  # carried out once
+    answers = [r for _, r, _ in link.published if r.get("transaction") == "once"]
+    assert answers == [answers[0], answers[0]]
+    assert count(metrics, "duplicate") == 1
+
+
+async def test_stale_and_retained_commands_are_expired_not_carried_out() -> None:
+    transmitter = Transmitter()
+    transmitter.release.set()
+    dispatch, link, _ = dispatcher(transmitter, max_age=60)
+    old = {"action": "page", "transaction": "old", "sent_at": 1_000_000_000}
+    await dispatch.submit(inbound("pager/4/action", old))
+    retained = inbound("pager/4/action", {"action": "page", "transaction": "kept"})
+    retained.retain = True
+    await dispatch.submit(retained)
+    assert await dispatch.drain(1)
+    assert transmitter.started == []
+    results = link.results()
+    assert results["old"]["error"]["code"] == "expired"
+    assert "sent" in results["old"]["error"]["message"]
+    assert results["kept"]["error"]["code"] == "expired"
+    assert len(link.acked) == 2
+
+
+async def test_past_max_queued_submit_waits_for_room() -> None:
+    """Back-pressure: the link's reader awaits submit(), so a full bridge stops reading."""
+    transmitter = Transmitter()
+    dispatch, _, _ = dispatcher(transmitter, max_queued=2)
+    await dispatch.submit(inbound("pager/1/action", {"action": "page", "transaction": "a"}))
+    await dispatch.submit(inbound("pager/2/action", {"action": "page", "transaction": "b"}))
+    third = asyncio.ensure_future(
+        dispatch.submit(inbound("pager/3/action", {"action": "page", "transaction": "c"}))
+    )
+    await asyncio.sleep(0.05)
+    assert not third.done()  # waits: nothing read past the bound
+    transmitter.release.set()
+    async with asyncio.timeout(1):
+        await third
+    assert await dispatch.drain(1)
+    assert sorted(transmitter.started) == ["a", "b", "c"]
