@@ -13,7 +13,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -24,7 +23,7 @@ from bridge.coap.client import CoapReply
 from bridge.config import PagerSettings
 from bridge.contract import models, t7470
 from bridge.contract.topics import Topics
-from bridge.core import outbox
+from bridge.core import outbox, retry
 from bridge.core.breaker import CircuitBreaker
 from bridge.core.outbox import Outbound, Publish
 from bridge.errors import (
@@ -212,25 +211,29 @@ class PagerService:
         body: t7470.Wire | None,
         etag: bytes | None = None,
     ) -> CoapReply:
-        """One request through the breaker; reads are retried with jittered backoff."""
+        """One request through the breaker, retried as `retry.PAGER` says (reads only)."""
         payload = t7470.encode(body) if body is not None else None
-        end = time.monotonic() + self._settings.deadline
-        attempt = 0
-        while True:
+
+        async def attempt() -> CoapReply:
             try:
                 return await self._attempt(operation, method, path, query, payload, etag)
             except CircuitOpen as exc:
                 # Never sent: fail fast. Retrying would only wait out the deadline.
-                exc.attempts = max(attempt, 1)
-                raise
+                raise retry.Failure(exc, retry.CIRCUIT_OPEN, sent=False) from exc
             except (UpstreamTimeout, UpstreamUnavailable) as exc:
-                attempt += 1
-                delay = random.uniform(0, min(2.0, 0.1 * 2**attempt))  # noqa: S311 - jitter
-                if method != "GET" or time.monotonic() + delay >= end:
-                    exc.attempts = attempt
-                    raise
-                self._metrics.upstream_retries.labels("pager", operation, "no_answer").inc()
-                await asyncio.sleep(delay)
+                raise retry.Failure(exc, retry.NO_ANSWER) from exc
+
+        def count(op: str, reason: str) -> None:
+            self._metrics.upstream_retries.labels(retry.PAGER.upstream, op, reason).inc()
+
+        return await retry.call(
+            retry.PAGER,
+            attempt,
+            operation=operation,
+            deadline=time.monotonic() + self._settings.deadline,
+            idempotent=method == "GET",
+            on_retry=count,
+        )
 
     async def _attempt(
         self,

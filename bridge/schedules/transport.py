@@ -4,30 +4,26 @@
 carries a
 prepared `Request` and returns the result envelope, like an httpx transport under a client.
 
-Retries, with jittered exponential backoff, while the command's deadline allows:
-
-- connect errors, connect and pool timeouts (the request provably never left): always;
-- 429: always, after `Retry-After` (RFC 6585: the request was refused, not processed), so a
-  create is retried on 429 too;
-- read/write timeouts, other transport errors and 5xx: only when the request is idempotent
-  (read, update, delete, login). A create is never retried on these: it may have been applied.
+Each failed attempt is given a reason, and `bridge.core.retry.SENSAPHONE` says which reasons are
+retried (some only when the request is idempotent) and how long to wait, within the command's
+deadline: `connect` (connect errors, connect and pool timeouts: the request never left),
+`throttled` (429, with its Retry-After), `timeout` (read/write timeouts), `transport` (other
+transport errors), `server_error` (5xx), `untrusted` (a refused TLS certificate), `error` (an
+answer that is no envelope).
 
 A circuit breaker (bridge.core.breaker) sits in front of every attempt: requests that get no answer
 (connect errors, timeouts, broken connections) open it, and while it is open commands fail at once
 with `upstream_unavailable`, unsent and not retried; any HTTP answer closes it.
 
-A refused TLS certificate is not retried. Mapped errors: no answer in time -> UpstreamTimeout;
+Mapped errors: no answer in time -> UpstreamTimeout;
 unreachable or 5xx without an envelope -> UpstreamUnavailable; an envelope with
 `success: false` is returned, not raised: the caller decides (code 2 means log in again).
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
-import logging
 import os
-import random
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -39,14 +35,10 @@ import httpx
 import msgspec
 
 from bridge.config import SensaphoneSettings
+from bridge.core import retry
 from bridge.core.breaker import CircuitBreaker
-from bridge.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-
-log = logging.getLogger(__name__)
-
-RETRY_BASE: Final = 0.2  # seconds; doubled per attempt, capped, then jittered
-RETRY_CAP: Final = 5.0
-_jitter = random.Random()  # noqa: S311 - retry jitter, not cryptography
+from bridge.core.retry import Failure
+from bridge.errors import CircuitOpen, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 
 class Result(msgspec.Struct):
@@ -67,14 +59,6 @@ class Request:
     method: str
     url: str
     body: dict[str, Any] | None  # sent as JSON; may hold the password: never log it
-
-
-@dataclass(frozen=True)
-class _Failure:
-    error: UpstreamError
-    retriable: bool
-    reason: str  # metric label: connect, timeout, transport, throttled, server_error
-    delay: float | None = None  # the server's Retry-After, if it gave one
 
 
 def ssl_context(ca_file: str | None, environ: Mapping[str, str] | None = None) -> ssl.SSLContext:
@@ -123,44 +107,46 @@ class Transport:
     ) -> Envelope:
         """Send `request` until it gets an envelope, retrying as the module docstring says.
 
-        `deadline` is a time.monotonic() value; no retry starts that could not finish by then.
+        `deadline` is a time.monotonic() value; no retry starts after it.
         """
-        attempt = 0
-        while True:
-            outcome = await self._guarded(op, request, deadline)
-            if isinstance(outcome, Envelope):
-                return outcome
-            delay = outcome.delay if outcome.delay is not None else _backoff(attempt)
-            retriable = outcome.retriable and (idempotent or outcome.reason in _NEVER_SENT)
-            if not retriable or time.monotonic() + delay >= deadline:
-                outcome.error.attempts = attempt + 1
-                raise outcome.error
-            log.info(
-                "Sensaphone %s: %s; retry %d in %.2f s", op, outcome.reason, attempt + 1, delay
-            )
-            self._on_retry(op, outcome.reason)
-            await asyncio.sleep(delay)
-            attempt += 1
 
-    async def _guarded(self, op: str, request: Request, deadline: float) -> Envelope | _Failure:
-        """One attempt through the circuit breaker: CircuitOpen (not retried) while Sensaphone
+        async def attempt() -> Envelope:
+            outcome = await self._guarded(op, request, deadline)
+            if isinstance(outcome, Failure):
+                raise outcome
+            return outcome
+
+        return await retry.call(
+            retry.SENSAPHONE,
+            attempt,
+            operation=op,
+            deadline=deadline,
+            idempotent=idempotent,
+            on_retry=self._on_retry,
+        )
+
+    async def _guarded(self, op: str, request: Request, deadline: float) -> Envelope | Failure:
+        """One attempt through the circuit breaker: refused unsent (not retried) while Sensaphone
         keeps not answering; any HTTP answer, even an error, says it is up."""
         breaker = self._breaker
         if breaker is None:
             return await self._attempt(op, request, deadline)
-        breaker.before()
+        try:
+            breaker.before()
+        except CircuitOpen as exc:
+            return Failure(exc, retry.CIRCUIT_OPEN, sent=False)
         try:
             outcome = await self._attempt(op, request, deadline)
         except BaseException:
             breaker.release()
             raise
-        if isinstance(outcome, _Failure) and outcome.reason in _NO_ANSWER:
+        if isinstance(outcome, Failure) and outcome.reason in _NO_ANSWER:
             breaker.failure()
         else:
             breaker.success()
         return outcome
 
-    async def _attempt(self, op: str, request: Request, deadline: float) -> Envelope | _Failure:
+    async def _attempt(self, op: str, request: Request, deadline: float) -> Envelope | Failure:
         timeout = max(0.001, min(self._settings.timeout, deadline - time.monotonic()))
         try:
             response = await self._client().request(
@@ -169,7 +155,7 @@ class Transport:
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             if _untrusted(exc):
                 error = UpstreamUnavailable("Sensaphone's TLS certificate is not trusted")
-                return _Failure(error, retriable=False, reason="connect")
+                return Failure(error, "untrusted")
             return _failure(UpstreamUnavailable, op, "could not connect", "connect")
         except httpx.TimeoutException:
             return _failure(UpstreamTimeout, op, "no answer in time", "timeout")
@@ -193,28 +179,26 @@ class Transport:
         return self._http
 
 
-# Reasons for which the request provably never reached the server: safe to retry a create.
-# "throttled" is here on purpose: a 429 says the server refused it without processing.
-_NEVER_SENT: Final = frozenset({"connect", "throttled"})
-# Reasons that say nothing answered: they count towards opening the circuit.
-_NO_ANSWER: Final = frozenset({"connect", "timeout", "transport"})
+# Reasons that say nothing answered: they count towards opening the circuit. A refused
+# certificate counts too: it will be refused again, so failing fast is right.
+_NO_ANSWER: Final = frozenset({"connect", "untrusted", "timeout", "transport"})
 
 
-def _classify(op: str, response: httpx.Response) -> Envelope | _Failure:
+def _classify(op: str, response: httpx.Response) -> Envelope | Failure:
     """An HTTP answer -> its envelope, or a failure. The status alone is never trusted."""
     envelope = parse_envelope(response.content)
     status = response.status_code
     if status == 429:
         delay = _retry_after(response.headers.get("Retry-After"))
-        failure = _failure(UpstreamUnavailable, op, "throttled (HTTP 429)", "throttled")
-        return _Failure(failure.error, retriable=True, reason="throttled", delay=delay)
+        error = UpstreamUnavailable(f"Sensaphone {op}: throttled (HTTP 429)")
+        return Failure(error, "throttled", delay=delay)
     if status >= 500:
         if envelope is not None and not envelope.result.success:
-            return _Failure(refused(op, envelope.result), retriable=True, reason="server_error")
+            return Failure(refused(op, envelope.result), "server_error")
         return _failure(UpstreamUnavailable, op, f"HTTP {status}", "server_error")
     if envelope is None:
         what = f"Sensaphone {op}: reply is not a result envelope (HTTP {status})"
-        return _Failure(UpstreamError(what, detail={"http_status": status}), False, "error")
+        return Failure(UpstreamError(what, detail={"http_status": status}), "error")
     return envelope
 
 
@@ -233,17 +217,12 @@ def refused(op: str, result: Result) -> UpstreamError:
     )
 
 
-def _failure(cls: type[UpstreamError], op: str, what: str, reason: str) -> _Failure:
-    return _Failure(cls(f"Sensaphone {op}: {what}"), retriable=True, reason=reason)
-
-
-def _backoff(attempt: int) -> float:
-    ceiling = min(RETRY_CAP, RETRY_BASE * 2**attempt)
-    return _jitter.uniform(ceiling / 2, ceiling)
+def _failure(cls: type[UpstreamError], op: str, what: str, reason: str) -> Failure:
+    return Failure(cls(f"Sensaphone {op}: {what}"), reason)
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (seconds or an HTTP date), plus up to 10 % jitter."""
+    """Seconds from a Retry-After header (seconds or an HTTP date); the policy adds jitter."""
     if not value:
         return None
     try:
@@ -253,8 +232,7 @@ def _retry_after(value: str | None) -> float | None:
             seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
         except (TypeError, ValueError):
             return None
-    seconds = max(0.0, seconds)
-    return seconds + _jitter.uniform(0, seconds / 10)
+    return max(0.0, seconds)
 
 
 def _untrusted(exc: BaseException) -> bool:

@@ -378,6 +378,53 @@ async def test_an_unanswering_sensaphone_opens_its_circuit(recorder: Recorder) -
     assert metrics.registry.get_sample_value("iotbridge_circuit_state", labels) == 1
 
 
+async def test_exhausted_retries_report_the_requests_sent(
+    make_client: MakeClient, sim: SensaphoneSimulator, recorder: Recorder
+) -> None:
+    client = make_client(deadline=1.0)
+    await client.read(28487, DEVICE)
+    before = sim.requests["json", "read"]
+    sim.fail_next(1000, status=500)
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable, match="HTTP 500") as raised:
+        await client.read(28487, DEVICE)
+    assert time.monotonic() - started < 1.0  # no retry starts after the deadline
+    sent = sim.requests["json", "read"] - before
+    assert raised.value.attempts == sent > 1
+    assert recorder.retries == [("read", "server_error")] * (sent - 1)
+
+
+async def test_a_retry_after_past_the_deadline_is_not_waited_for(
+    make_client: MakeClient, sim: SensaphoneSimulator, recorder: Recorder
+) -> None:
+    client = make_client(deadline=1.0)
+    await client.read(28487, DEVICE)
+    sim.throttle_next(1, retry_after=5)
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable, match="throttled") as raised:
+        await client.read(28487, DEVICE)
+    assert time.monotonic() - started < 0.5
+    assert raised.value.attempts == 1
+    assert recorder.retries == []
+
+
+async def test_an_open_circuit_reports_the_requests_it_let_through(recorder: Recorder) -> None:
+    """The refusal by the open circuit is not an attempt: the error counts the three connections
+    that were tried (more than one, so the command is parked on the dead-letter topic)."""
+    with SensaphoneSimulator() as gone:
+        url = gone.url
+    breaker = CircuitBreaker("sensaphone", Metrics(), failures=3, cooldown=60)
+    settings = SensaphoneSettings(url=url, user="demo", password=PASSWORD, deadline=5.0)
+    client = SensaphoneClient(settings, metrics=recorder, breaker=breaker)
+    try:
+        with pytest.raises(UpstreamUnavailable, match="circuit open") as raised:
+            await client.read(28487, DEVICE)
+    finally:
+        await client.close()
+    assert raised.value.attempts == 3
+    assert recorder.retries == [("login", "connect")] * 3
+
+
 # -- secrets --------------------------------------------------------------------------------------
 
 

@@ -108,6 +108,34 @@ async def test_a_write_is_never_retried() -> None:
     assert silent.sent == [("PUT", "/v1/sessions")]
 
 
+async def test_a_read_is_retried_until_answered() -> None:
+    session = {"id": "s1", "number": 7, "state": "started", "label": "Ann", "goal": 600}
+    answers: list[CoapReply | Exception] = [
+        UpstreamTimeout("no answer"),
+        UpstreamUnavailable("unreachable"),
+        CoapReply("2.05", json.dumps({"sessions": [session]}).encode()),
+    ]
+    flaky = FakeTransmitter(lambda _m, _p: answers.pop(0))
+    pager, _, metrics = service(flaky)
+    data = await pager.execute(7, models.Get())
+    assert data["session"]["label"] == "Ann"
+    assert flaky.sent == [("GET", "/v1/sessions")] * 3
+    assert retries(metrics) == 2
+
+
+async def test_a_read_gives_up_when_pager_deadline_leaves_no_time() -> None:
+    """No retry starts after `pager.deadline`; the error says how often the device was asked,
+    so that dispatch parks the command on the dead-letter topic."""
+    silent = FakeTransmitter(lambda _m, _p: UpstreamTimeout("no answer"))
+    pager, _, metrics = service(silent, deadline=0.5, breaker_failures=100)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout) as raised:
+        await pager.execute(7, models.Get())
+    assert time.monotonic() - started < 0.5
+    assert raised.value.attempts == len(silent.sent) > 1
+    assert retries(metrics) == len(silent.sent) - 1
+
+
 async def test_a_start_publishes_the_session_and_its_event() -> None:
     session = {"id": "s1", "number": 7, "state": "started", "label": "Ann", "goal": 600}
     reply = CoapReply("2.01", json.dumps({"sessions": [session]}).encode())
