@@ -16,7 +16,7 @@ from bridge.coap.client import Transmitter
 from bridge.config import Settings
 from bridge.contract import commands, models
 from bridge.contract.topics import ResponseTopics, Topics
-from bridge.core import outbox
+from bridge.core import outbox, retry
 from bridge.core.breaker import CircuitBreaker
 from bridge.core.dispatch import Dispatcher
 from bridge.core.outbox import Outbound
@@ -64,6 +64,9 @@ class Site:
             max_payload=settings.limits.max_payload,
             inbox_limit=settings.limits.max_queued,
             site=name,
+            reconnect_wait=retry.reconnect(
+                settings.mqtt.reconnect_min, settings.mqtt.reconnect_max
+            ),
         )
         self.transmitter = Transmitter(
             settings.pager.url,

@@ -10,7 +10,7 @@ Sensaphone, HTTPS (`SENSAPHONE`)
     never: those on a create; a refused certificate; an answer that is no envelope; an open circuit
     wait before retry n: as the pager's, at most 5 s; after a 429 its Retry-After + up to 10 %
     gives up: when the retry would start after the command's deadline (`sensaphone.deadline`)
-MQTT broker (`bridge.mqtt.link.MqttLink._backoff`, see below)
+MQTT broker (`reconnect`, handed to `bridge.mqtt.link.MqttLink` by the site)
     retried: every lost or refused connection, until `stop()`
     wait before reconnect n: uniform(reconnect_min, min(reconnect_max, reconnect_min * 2**(n-1))),
     n starting again at 1 after a connection that got up
@@ -40,9 +40,8 @@ A reconnect loop is not a retry: stamina retries a call until it returns or a bu
 then raises. The MQTT link has no budget (it reconnects until stopped), a connection that got up
 and later dropped is a success that starts the count again, and each failure is already reported
 by the link (`iotbridge_mqtt_connect_failures_total`, a log line per cause). So the link keeps its
-own loop. It also keeps its own wait for now: `bridge.mqtt` sits below `bridge.core` and may not
-import it (tests/unit/test_layers.py), so sharing `Backoff` needs it in a lower layer or handed
-to the link by the composition root.
+own loop, and takes its wait from here: `bridge.mqtt` sits below `bridge.core` and may not import
+it (tests/unit/test_layers.py), so the site hands `reconnect(...)` to the link.
 """
 
 from __future__ import annotations
@@ -228,3 +227,13 @@ class _Hook:
             delay,
         )
         return delay
+
+
+def reconnect(minimum: float, maximum: float) -> Callable[[int], float]:
+    """The MQTT link's wait before reconnect `attempt` (0-based, 0 again after a connection
+    that got up): jittered, doubling from `minimum` up to `maximum` (mqtt.reconnect_min/max)."""
+
+    def wait(attempt: int) -> float:
+        return _random.uniform(minimum, min(maximum, minimum * 2 ** min(attempt, 32)))
+
+    return wait

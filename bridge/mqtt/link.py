@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
 import time
 from collections import deque
@@ -190,6 +189,7 @@ class MqttLink:
         inbox_limit: int = 1000,
         buffer: int = 10_000,
         site: str = "default",
+        reconnect_wait: Callable[[int], float] | None = None,
     ) -> None:
         self._settings = settings
         self._connected_gauge = metrics.child(metrics.mqtt_connected, site)
@@ -198,6 +198,7 @@ class MqttLink:
         self._receive_maximum = max(1, min(receive_maximum, 65535))
         self._max_payload = max_payload
         self._inbox_limit = max(inbox_limit, self._receive_maximum)
+        self._reconnect_wait = reconnect_wait
         self._shed: Shed | None = None
         self._buffer = buffer
         self._client = self._new_client()
@@ -497,9 +498,11 @@ class MqttLink:
         conn.fail(LinkError("network", "disconnected"))
 
     def _backoff(self, attempt: int) -> float:
-        low, high = self._settings.reconnect_min, self._settings.reconnect_max
-        ceiling = min(high, low * 2**attempt)
-        return random.uniform(low, ceiling)  # noqa: S311 - jitter, not cryptography
+        """The wait before reconnect `attempt` (0 after a connection that got up): the
+        policy the application gives (`bridge.core.retry.reconnect`), else mqtt.reconnect_min."""
+        if self._reconnect_wait is None:
+            return self._settings.reconnect_min
+        return self._reconnect_wait(attempt)
 
     @property
     def _op(self) -> float:

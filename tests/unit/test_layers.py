@@ -123,11 +123,13 @@ def test_no_import_cycles() -> None:
 
 def test_the_protocol_seams_own_their_libraries() -> None:
     """paho-mqtt only in bridge.mqtt, aiocoap only in bridge.coap (client) and the simulator,
-    httpx only in the Sensaphone client and transport."""
+    httpx only in the Sensaphone client and transport, stamina only in the retry policy."""
     owners = {
         "paho": ("bridge.mqtt",),
         "aiocoap": ("bridge.coap", "bridge.sim.pager"),
         "httpx": ("bridge.schedules",),
+        "stamina": ("bridge.core.retry",),
+        "tenacity": (),
     }
     for name, path in MODULES.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))

@@ -278,3 +278,11 @@ async def test_a_cancelled_attempt_is_not_retried() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert calls == 1
+
+
+def test_the_mqtt_reconnect_wait_doubles_within_its_bounds() -> None:
+    wait = retry.reconnect(0.5, 30.0)
+    for attempt, ceiling in ((0, 0.5), (1, 1.0), (3, 4.0), (6, 30.0), (500, 30.0)):
+        samples = [wait(attempt) for _ in range(200)]
+        assert all(0.5 <= s <= ceiling for s in samples), (attempt, max(samples))
+    assert len({round(wait(6), 6) for _ in range(50)}) > 1  # jittered: replicas spread out
