@@ -290,8 +290,9 @@ class PagerService:
         sessions = reply.sessions
         if sessions is not None:
             refused = self.tracker.refused
-            out += self.tracker.apply(sessions, complete=complete)
-            for name in self.tracker.events:
+            changes = self.tracker.apply(sessions, complete=complete)
+            out += changes.out
+            for name in changes.events:
                 self._metrics.child(self._metrics.pager_events, name).inc()
             if self.tracker.refused > refused:
                 limit = self._metrics.child(self._metrics.limits_reached, "device_numbers")
@@ -327,10 +328,10 @@ class PagerService:
         except (BridgeError, t7470_read.Unreadable):
             return []  # the caller still ends them, as "cleared"
         ended = [s for s in history if s.id in ids]
-        out = self.tracker.apply(ended)
-        for name in self.tracker.events:
-            self._metrics.pager_events.labels(name).inc()
-        return out
+        changes = self.tracker.apply(ended)
+        for name in changes.events:
+            self._metrics.child(self._metrics.pager_events, name).inc()
+        return changes.out
 
     # -- following changes made by anyone --------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -23,6 +23,13 @@ from bridge.pager.t7470_read import COMPARED, Session
 EventName = Literal["started", "paged", "cleared", "removed", "updated"]
 _DECODE = msgspec.json.Decoder().decode
 _ENDED_MEMORY = 4096
+
+
+class Changes(NamedTuple):
+    """What one report changed: the messages to publish, in order, and the events among them."""
+
+    out: list[Outbound]
+    events: list[EventName]
 
 
 class SessionTracker:
@@ -41,13 +48,12 @@ class SessionTracker:
         self._statistics: dict[str, Any] | None = None
         self._published_statistics: bytes | None = None
         self._published_from: tuple[dict[str, Any] | None, int] = (None, 0)
-        self.events: list[EventName] = []  # names of events produced by the last apply()
         self.refused = 0  # sessions skipped for a number outside the site's range
 
-    def apply(self, sessions: Iterable[Session], *, complete: bool = False) -> list[Outbound]:
-        """Fold reported sessions in. `complete` means the list is every active session."""
-        out: list[Outbound] = []
-        self.events = []
+    def apply(self, sessions: Iterable[Session], *, complete: bool = False) -> Changes:
+        """Fold reported sessions in: what to publish and the events among it. `complete`
+        means the list is every active session."""
+        changes = Changes([], [])
         seen: set[int] = set()
         for session in sessions:
             number = session.number
@@ -56,13 +62,13 @@ class SessionTracker:
                 continue
             seen.add(number)
             if session.ended:
-                self._end(number, session, out)
+                self._end(number, session, changes)
             else:
-                self._update(number, session, out)
+                self._update(number, session, changes)
         if complete:
             for number in [n for n in self.active if n not in seen]:
-                self._end(number, self.active[number].ended_as(), out)
-        return out
+                self._end(number, self.active[number].ended_as(), changes)
+        return changes
 
     def learn(self, topic: str, payload: bytes) -> None:
         """Take a retained session another replica published as what is active, silently (no
@@ -114,7 +120,7 @@ class SessionTracker:
         self._published_statistics = payload
         return [Outbound(self._topics.statistics, payload, True)]
 
-    def _update(self, number: int, session: Session, out: list[Outbound]) -> None:
+    def _update(self, number: int, session: Session, changes: Changes) -> None:
         previous = self.active.get(number)
         if previous is not None and previous.raw == session.raw:
             return
@@ -133,11 +139,11 @@ class SessionTracker:
             names.append("updated")
         self.active[number] = session
         payload = ENCODER.encode(session.raw)
-        out.append(Outbound(self._topics.pager_session(number), payload, True))
+        changes.out.append(Outbound(self._topics.pager_session(number), payload, True))
         for name in names:
-            self._event(name, number, session, out)
+            self._event(name, number, session, changes)
 
-    def _end(self, number: int, session: Session, out: list[Outbound]) -> None:
+    def _end(self, number: int, session: Session, changes: Changes) -> None:
         previous = self.active.get(number)
         if (
             previous is not None
@@ -154,15 +160,15 @@ class SessionTracker:
             self._ended[session.id] = None
             while len(self._ended) > _ENDED_MEMORY:
                 self._ended.popitem(last=False)
-        out.append(Outbound(self._topics.pager_session(number), b"", True))
+        changes.out.append(Outbound(self._topics.pager_session(number), b"", True))
         name: EventName = "removed" if session.clear_type == "REMOVED" else "cleared"
-        self._event(name, number, session, out)
+        self._event(name, number, session, changes)
 
-    def _event(self, name: EventName, number: int, session: Session, out: list[Outbound]) -> None:
-        self.events.append(name)
+    def _event(self, name: EventName, number: int, session: Session, changes: Changes) -> None:
+        changes.events.append(name)
         # The shape of models.Event, with the session as the device sent it.
         payload = ENCODER.encode({"event": name, "number": number, "session": session.raw})
-        out.append(Outbound(self._topics.pager_event(number), payload, False))
+        changes.out.append(Outbound(self._topics.pager_event(number), payload, False))
 
 
 def _older(session: Session, previous: Session | None) -> bool:

@@ -6,9 +6,8 @@ import json
 from typing import Any
 
 from bridge.contract.topics import Topics
-from bridge.core.outbox import Outbound
 from bridge.pager.t7470_read import Session
-from bridge.pager.tracking import SessionTracker
+from bridge.pager.tracking import Changes, SessionTracker
 
 
 def session(state: str, seq: int, **fields: Any) -> Session:
@@ -16,19 +15,24 @@ def session(state: str, seq: int, **fields: Any) -> Session:
     return Session({**base, "state": state, **fields})
 
 
-def events(out: list[Outbound]) -> list[str]:
-    return [json.loads(o[1])["event"] for o in out if o[0].endswith("/event")]
+def events(changes: Changes) -> list[str]:
+    """The events a report produced, as published; the tracker returns the same names."""
+    names = [json.loads(o[1])["event"] for o in changes.out if o[0].endswith("/event")]
+    assert changes.events == names
+    return names
 
 
 def test_lifecycle_publishes_events_and_retained_state() -> None:
     tracker = SessionTracker(Topics())
-    out = tracker.apply([session("started", 1)])
-    assert events(out) == ["started"]
+    changes = tracker.apply([session("started", 1)])
+    out = changes.out
+    assert events(changes) == ["started"]
     assert ("pager/66/session", True) in [(o.topic, o.retain) for o in out]
     assert events(tracker.apply([session("paged", 2, notified="t")])) == ["paged"]
     assert events(tracker.apply([session("paged", 3, notified="t", label="Bob")])) == ["updated"]
-    out = tracker.apply([session("cleared", 4, clearType="STOP")])
-    assert events(out) == ["cleared"]
+    changes = tracker.apply([session("cleared", 4, clearType="STOP")])
+    out = changes.out
+    assert events(changes) == ["cleared"]
     emptied = [o for o in out if o.topic == "pager/66/session"]
     assert emptied == [("pager/66/session", b"", True)]
     final = json.loads(next(o.payload for o in out if o.topic == "pager/66/event"))
@@ -58,12 +62,13 @@ def test_sessions_are_published_as_the_device_sent_them() -> None:
         "partySize": "4",
         "vipLevel": {"tier": 2},
     }
-    out = tracker.apply([Session(raw)])
-    assert events(out) == ["started"]
+    changes = tracker.apply([Session(raw)])
+    out = changes.out
+    assert events(changes) == ["started"]
     retained = next(o for o in out if o.topic == "pager/66/session")
     assert json.loads(retained.payload) == raw
     # Same session, id now a number, an older sequence: stale, not a new session.
-    assert tracker.apply([Session({**raw, "id": 48, "sessionSequence": 2})]) == []
+    assert tracker.apply([Session({**raw, "id": 48, "sessionSequence": 2})]).out == []
 
 
 def test_numbers_the_site_does_not_serve_never_become_topics() -> None:
@@ -76,7 +81,7 @@ def test_numbers_the_site_does_not_serve_never_become_topics() -> None:
         session("started", 1, number=True),
         session("started", 1, number=1200),
     ]
-    assert tracker.apply(odd) == []
+    assert tracker.apply(odd).out == []
     assert tracker.refused == 6
 
 
@@ -84,7 +89,7 @@ def test_same_change_reported_twice_is_one_event() -> None:
     tracker = SessionTracker(Topics())
     tracker.apply([session("started", 1)])
     assert events(tracker.apply([session("paged", 2, notified="t")])) == ["paged"]
-    assert tracker.apply([session("paged", 2, notified="t")]) == []
+    assert tracker.apply([session("paged", 2, notified="t")]).out == []
     ended = session("cleared", 3, clearType="REMOVED")
     assert events(tracker.apply([ended])) == ["removed"]
     assert events(tracker.apply([ended])) == []
@@ -93,7 +98,7 @@ def test_same_change_reported_twice_is_one_event() -> None:
 def test_stale_reports_are_ignored() -> None:
     tracker = SessionTracker(Topics())
     tracker.apply([session("paged", 5, notified="t")])
-    assert tracker.apply([session("started", 4)]) == []
+    assert tracker.apply([session("started", 4)]).out == []
 
 
 def test_created_already_paged_gives_both_events() -> None:
@@ -105,8 +110,9 @@ def test_complete_list_ends_missing_sessions() -> None:
     tracker = SessionTracker(Topics())
     tracker.apply([session("started", 1), session("started", 2, id=49, number=7)])
     assert tracker.vanished([session("started", 1)]) == [7]
-    out = tracker.apply([session("started", 1)], complete=True)
-    assert events(out) == ["cleared"]
+    changes = tracker.apply([session("started", 1)], complete=True)
+    out = changes.out
+    assert events(changes) == ["cleared"]
     assert ("pager/7/session", b"", True) in out
 
 
