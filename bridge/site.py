@@ -16,10 +16,10 @@ from bridge.coap.client import Transmitter
 from bridge.config import Settings
 from bridge.contract import commands, models
 from bridge.contract.topics import ResponseTopics, Topics
-from bridge.core import outbox, retry
+from bridge.core import retry
 from bridge.core.breaker import CircuitBreaker
 from bridge.core.dispatch import Dispatcher
-from bridge.core.outbox import Outbound
+from bridge.core.outbox import Outbound, Outbox, Publish, publisher
 from bridge.core.routing import Request, Router
 from bridge.core.supervise import Health, supervised
 from bridge.errors import BridgeError
@@ -33,8 +33,8 @@ from bridge.schedules.service import ScheduleService
 
 log = logging.getLogger(__name__)
 
-# Carries out one kind of command: (its topic, the command) -> the result's `data`.
-Executor = Callable[[Any, models.Command], Awaitable[Any]]
+# Carries out one kind of command: (its topic, the command, its outbox) -> the result's `data`.
+Executor = Callable[[Any, models.Command, Outbox], Awaitable[Any]]
 
 
 class Site:
@@ -68,6 +68,8 @@ class Site:
                 settings.mqtt.reconnect_min, settings.mqtt.reconnect_max
             ),
         )
+        # Start publishing a list, in order, now; await the result for every PUBACK.
+        self.publish_all: Publish = publisher(self.link)
         self.transmitter = Transmitter(
             settings.pager.url,
             timeout=settings.pager.timeout,
@@ -146,9 +148,11 @@ class Site:
         the features are; the site refuses to exist without one for every kind."""
         executors: dict[str, Executor] = {
             commands.PAGER.route: self._on_pager,
-            commands.BASE.route: lambda _target, command: self.pager.execute_base(command),
-            commands.SCHEDULE.route: lambda target, command: self.schedules.execute(
-                target.schedule_id, command
+            commands.BASE.route: lambda _target, command, box: self.pager.execute_base(
+                command, box
+            ),
+            commands.SCHEDULE.route: lambda target, command, box: self.schedules.execute(
+                target.schedule_id, command, box
             ),
         }
         missing = {kind.route for kind in commands.COMMANDS} - executors.keys()
@@ -156,17 +160,17 @@ class Site:
             raise RuntimeError(f"no executor for the command kinds {sorted(missing)}")
         return executors
 
-    async def _execute(self, request: Request) -> Any:
-        return await self._by_route[request.kind.route](request.target, request.command)
+    async def _execute(self, request: Request, box: Outbox) -> Any:
+        return await self._by_route[request.kind.route](request.target, request.command, box)
 
-    async def _on_pager(self, target: Any, command: models.Command) -> Any:
+    async def _on_pager(self, target: Any, command: models.Command, box: Outbox) -> Any:
         try:
-            return await self.pager.execute(target.number, command)
+            return await self.pager.execute(target.number, command, box)
         except BridgeError as exc:
-            await self._failed(target.number, command, exc)
+            self._failed(target.number, command, exc, box)
             raise
 
-    async def _failed(self, number: int, command: models.Command, exc: BridgeError) -> None:
+    def _failed(self, number: int, command: models.Command, exc: BridgeError, box: Outbox) -> None:
         """A command on a pager failed: an `error` event on the pager's event topic says so,
         ahead of the result, for whoever follows the pager (Home Assistant's event entity)."""
         event = models.Event(
@@ -175,8 +179,7 @@ class Site:
             action=str(command.__struct_config__.tag),
             error=models.ErrorInfo(code=exc.code, message=exc.message),
         )
-        out = Outbound(self.topics.pager_event(number), models.ENCODER.encode(event), False)
-        await outbox.send(self.publish_all([out]))
+        box.send([Outbound(self.topics.pager_event(number), models.ENCODER.encode(event), False)])
 
     async def _connected(self) -> None:
         # In a task: the message loop must start at once, however much state there is.
@@ -196,13 +199,6 @@ class Site:
 
     def _link_up(self) -> bool:
         return self.link.ready
-
-    def publish_all(self, out: list[Outbound]) -> Awaitable[object]:
-        """Start publishing `out`, in order, now; await the result for every PUBACK."""
-        link = self.link
-        return asyncio.gather(
-            *[link.publish_soon(o.topic, o.payload, retain=o.retain) for o in out]
-        )
 
     def start_loops(self, group: asyncio.TaskGroup, health: Health) -> list[asyncio.Task[None]]:
         """The site's loops, each supervised: a failure no one expected restarts that loop,

@@ -29,8 +29,8 @@ import msgspec
 from bridge.config import LimitSettings
 from bridge.contract import models
 from bridge.contract.topics import Topics
-from bridge.core import outbox
 from bridge.core.dedup import Dedup, Entry, Reuse, digest
+from bridge.core.outbox import Outbox, publisher
 from bridge.core.routing import Request, Router, transaction_of
 from bridge.errors import (
     BridgeError,
@@ -48,7 +48,8 @@ from bridge.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Execute = Callable[[Request], Awaitable[Any]]
+# Carries out one command; its publishes besides the result go into the outbox it is given.
+Execute = Callable[[Request, Outbox], Awaitable[Any]]
 
 
 class Link(Protocol):
@@ -107,6 +108,7 @@ class Dispatcher:
         self._router = router
         self._link = link
         self._execute = execute
+        self._publish = publisher(link)
         self._metrics = metrics
         self._limits = limits
         self._dedup = Dedup(
@@ -281,24 +283,24 @@ class Dispatcher:
                 await self._finish(inbound, earlier.result, route, action, "duplicate", earlier)
             return
         entry = self._dedup.begin(identity, keyed, fingerprint)
-        with outbox.collecting() as deferred:
-            try:
-                self._check_age(inbound, command)
-                data = await self._execute(request)
-                result = models.Result(status="ok", transaction=command.transaction, data=data)
-            except BridgeError as exc:
-                result = _error_result(exc, command.transaction)
-                if exc.code in DEADLETTER_CODES or exc.attempts > 1:
-                    result = await self._deadletter(inbound, result, route, exc.attempts)
-            except Exception as exc:  # noqa: BLE001 - contained: answered, counted, logged once
-                result = _error_result(self._failed(inbound.topic, exc), command.transaction)
+        box = Outbox(self._publish)
+        try:
+            self._check_age(inbound, command)
+            data = await self._execute(request, box)
+            result = models.Result(status="ok", transaction=command.transaction, data=data)
+        except BridgeError as exc:
+            result = _error_result(exc, command.transaction)
+            if exc.code in DEADLETTER_CODES or exc.attempts > 1:
+                result = await self._deadletter(inbound, result, route, exc.attempts)
+        except Exception as exc:  # noqa: BLE001 - contained: answered, counted, logged once
+            result = _error_result(self._failed(inbound.topic, exc), command.transaction)
         payload = models.ENCODER.encode(result)
         self._dedup.finished(entry, payload)
         if result.error is not None:
             self._note_failure(inbound, result)
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s on %s: ok", route, action, inbound.topic)
-        await self._finish(inbound, payload, route, action, _outcome(result), entry, deferred)
+        await self._finish(inbound, payload, route, action, _outcome(result), entry, box.started)
 
     async def _refuse(
         self,

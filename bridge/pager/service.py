@@ -23,9 +23,9 @@ from bridge.coap.client import CoapReply
 from bridge.config import PagerSettings
 from bridge.contract import models, t7470
 from bridge.contract.topics import Topics
-from bridge.core import outbox, retry
+from bridge.core import retry
 from bridge.core.breaker import CircuitBreaker
-from bridge.core.outbox import Outbound, Publish
+from bridge.core.outbox import Outbound, Outbox, Publish, deliver
 from bridge.errors import (
     BridgeError,
     CircuitOpen,
@@ -105,8 +105,9 @@ class PagerService:
 
     # -- commands --------------------------------------------------------------------------
 
-    async def execute(self, number: int, command: models.Command) -> Any:
-        """Carry out a `pager/<number>/action` command; return the result's `data`."""
+    async def execute(self, number: int, command: models.Command, box: Outbox) -> Any:
+        """Carry out a `pager/<number>/action` command; return the result's `data`. What it
+        changed (session, events, statistics) goes out through the command's `box`."""
         query: dict[str, str | int] = {"number": number}
         body: t7470.Wire
         match command:
@@ -118,23 +119,23 @@ class PagerService:
                     partySize=command.partySize,
                     action="page" if command.page else None,
                 )
-                reply = await self._call("start", "POST", SESSIONS, body=body)
+                reply = await self._call(box, "start", "POST", SESSIONS, body=body)
             case models.Page() | models.Clear() | models.Remove():
                 action = command.__struct_config__.tag
                 mode = command.pageMode if isinstance(command, models.Page) else None
                 body = t7470.UpdateSession(action=str(action), pageMode=mode)
-                reply = await self._call(str(action), "PUT", SESSIONS, query, body=body)
+                reply = await self._call(box, str(action), "PUT", SESSIONS, query, body=body)
             case models.Update():
                 if command.goal is None and command.label is None and command.partySize is None:
                     raise InvalidPayload("update needs at least one of goal, label, partySize")
                 body = t7470.UpdateSession(
                     goal=command.goal, label=command.label, partySize=command.partySize
                 )
-                reply = await self._call("update", "PUT", SESSIONS, query, body=body)
+                reply = await self._call(box, "update", "PUT", SESSIONS, query, body=body)
             case models.Delete():
-                reply = await self._call("delete", "DELETE", SESSIONS, query)
+                reply = await self._call(box, "delete", "DELETE", SESSIONS, query)
             case models.Get():
-                reply = await self._call("get", "GET", SESSIONS, query)
+                reply = await self._call(box, "get", "GET", SESSIONS, query)
                 return _one_session(reply)
             case models.Alert():
                 body = t7470.StandalonePage(
@@ -143,43 +144,44 @@ class PagerService:
                     message=command.message,
                     systemId=command.systemId,
                 )
-                await self._call("alert", "POST", "/v1/page", body=body)
+                await self._call(box, "alert", "POST", "/v1/page", body=body)
                 return {"number": number, "paged": True}
             case _:
                 raise InvalidPayload(f"not a pager command: {type(command).__name__}")
         return _one_session(reply)
 
-    async def execute_base(self, command: models.Command) -> Any:
+    async def execute_base(self, command: models.Command, box: Outbox) -> Any:
         """Carry out a `pager/base/action` command; return the result's `data`."""
         match command:
             case models.ListSessions():
-                reply = await self._call("list", "GET", SESSIONS, complete=True)
+                reply = await self._call(box, "list", "GET", SESSIONS, complete=True)
                 return {"sessions": _raw(reply.sessions), "statistics": reply.statistics}
             case models.ClearAll():
-                reply = await self._call("clear_all", "DELETE", SESSIONS)
+                reply = await self._call(box, "clear_all", "DELETE", SESSIONS)
                 return {"cleared": _raw(reply.sessions)}
             case models.History():
-                reply = await self._call("history", "GET", HISTORY)
+                reply = await self._call(box, "history", "GET", HISTORY)
                 return {"history": _raw(reply.history)}
             case models.ClearHistory():
-                await self._call("clear_history", "DELETE", HISTORY)
+                await self._call(box, "clear_history", "DELETE", HISTORY)
                 return {"cleared": True}
             case models.GetStatistics():
-                return (await self._call("statistics", "GET", STATISTICS)).statistics
+                return (await self._call(box, "statistics", "GET", STATISTICS)).statistics
             case models.ClearStatistics():
-                return (await self._call("clear_statistics", "DELETE", STATISTICS)).statistics
+                return (await self._call(box, "clear_statistics", "DELETE", STATISTICS)).statistics
             case models.GetSettings():
-                return (await self._call("get_settings", "GET", SETTINGS)).settings
+                return (await self._call(box, "get_settings", "GET", SETTINGS)).settings
             case models.SetSettings():
                 body = t7470.Settings(**msgspec.structs.asdict(command.settings))
                 # msgspec leaves out the fields left unset (omit_defaults): the device sees
                 # only what the command changes.
-                return (await self._call("set_settings", "POST", SETTINGS, body=body)).settings
+                return (await self._call(box, "set_settings", "POST", SETTINGS, body=body)).settings
             case _:
                 raise InvalidPayload(f"not a base command: {type(command).__name__}")
 
     async def _call(
         self,
+        box: Outbox | None,
         operation: str,
         method: str,
         path: str,
@@ -199,7 +201,7 @@ class PagerService:
             return Reply({"unreadable_reply": str(exc)})
         if method != "GET":
             self._answered.append(coap.payload)
-        await self._fold(reply, complete=complete)
+        await self._fold(reply, box, complete=complete)
         return reply
 
     async def _request(
@@ -274,7 +276,8 @@ class PagerService:
             metrics = self._metrics
             metrics.child(metrics.upstream_seconds, "pager", operation, outcome).observe(seconds)
 
-    async def _fold(self, reply: Reply, *, complete: bool = False) -> None:
+    async def _fold(self, reply: Reply, box: Outbox | None, *, complete: bool = False) -> None:
+        """Publish what `reply` changed: into the command's `box`, or now (notifications)."""
         sessions = reply.sessions
         out = await self._resolve_vanished(sessions) if complete and sessions is not None else []
         out += self._changes(reply, complete)
@@ -282,8 +285,7 @@ class PagerService:
             # A standby: the observing replica publishes the events of every change (it sees
             # them in its notifications); the retained state and results go out from here.
             out = [o for o in out if o.retain]
-        if out:
-            await outbox.send(self._publish(out))
+        await deliver(out, box, self._publish)
 
     def _changes(self, reply: Reply, complete: bool) -> list[Outbound]:
         out: list[Outbound] = []
@@ -413,12 +415,12 @@ class PagerService:
             return
         kind = "ping" if reply.is_ping else "change"
         self._metrics.child(self._metrics.pager_notifications, kind).inc()
-        await self._fold(reply)
+        await self._fold(reply, None)
 
     async def _sync(self) -> None:
         """Read the full list once (after (re)registering, changes may have been missed)."""
         with contextlib.suppress(BridgeError):
-            await self._call("list", "GET", SESSIONS, complete=True)
+            await self._call(None, "list", "GET", SESSIONS, complete=True)
 
     async def _poll_for(self, duration: float | None) -> None:
         self._set_mode("poll")
@@ -429,7 +431,7 @@ class PagerService:
                 coap = await self._request("poll", "GET", SESSIONS, None, None, etag)
                 if coap.code != "2.03":
                     etag = coap.etag
-                    await self._fold(t7470_read.read(coap.payload), complete=True)
+                    await self._fold(t7470_read.read(coap.payload), None, complete=True)
             except BridgeError as exc:
                 log.debug("poll of the transmitter failed: %s", exc.message)
             except t7470_read.Unreadable as exc:

@@ -18,8 +18,7 @@ from bridge.config import SensaphoneSettings
 from bridge.contract import models
 from bridge.contract.interval import Interval, decode_interval, encode_interval, parse_interval
 from bridge.contract.topics import Topics
-from bridge.core import outbox
-from bridge.core.outbox import Outbound, Publish
+from bridge.core.outbox import Outbound, Outbox, Publish, deliver
 from bridge.errors import BridgeError, InvalidPayload, UpstreamUnavailable
 from bridge.schedules.sensaphone import Parent, SensaphoneClient, TimeRange
 
@@ -62,12 +61,14 @@ class ScheduleService:
         for schedule_id, parent in self._configured.items():
             try:
                 async with self._lock(schedule_id):
-                    await self._announce(schedule_id, await self._client.read(schedule_id, parent))
+                    ranges = await self._client.read(schedule_id, parent)
+                    await self._announce(schedule_id, ranges, None)
             except BridgeError as exc:
                 log.warning("schedule %d could not be read at start-up: %s", schedule_id, exc)
 
-    async def execute(self, schedule_id: int, command: models.Command) -> Any:
-        """Carry out one timerange command; return the result's `data`."""
+    async def execute(self, schedule_id: int, command: models.Command, box: Outbox) -> Any:
+        """Carry out one timerange command; return the result's `data`. The schedule's ranges
+        are republished through the command's `box`."""
         if not isinstance(command, models.ScheduleCommand):
             raise InvalidPayload(f"not a timerange command: {type(command).__name__}")
         if not self._account:
@@ -80,15 +81,15 @@ class ScheduleService:
             )
         parent = self.parent_of(schedule_id, command)
         async with self._lock(schedule_id):
-            return await self._carry_out(schedule_id, parent, command)
+            return await self._carry_out(schedule_id, parent, command, box)
 
     async def _carry_out(
-        self, schedule_id: int, parent: Parent, command: models.ScheduleCommand
+        self, schedule_id: int, parent: Parent, command: models.ScheduleCommand, box: Outbox
     ) -> Any:
         match command:
             case models.ReadRanges():
                 ranges = await self._client.read(schedule_id, parent)
-                await self._announce(schedule_id, ranges)
+                await self._announce(schedule_id, ranges, box)
                 return {"timeranges": _ranges_out(ranges)}
             case models.CreateRange():
                 created = await self._client.create(schedule_id, parent, _range_of(command))
@@ -100,7 +101,7 @@ class ScheduleService:
                 created = await self._client.delete(schedule_id, parent, command.range_id)
             case _:
                 raise InvalidPayload(f"not a timerange command: {type(command).__name__}")
-        after = await self._read_back(schedule_id, parent)
+        after = await self._read_back(schedule_id, parent, box)
         data: dict[str, Any] = {"changed": _builtins(created)}
         if after is not None:
             data["timeranges"] = _ranges_out(after)
@@ -126,20 +127,26 @@ class ScheduleService:
             )
         return named
 
-    async def _read_back(self, schedule_id: int, parent: Parent) -> list[TimeRange] | None:
+    async def _read_back(
+        self, schedule_id: int, parent: Parent, box: Outbox
+    ) -> list[TimeRange] | None:
         try:
             ranges = await self._client.read(schedule_id, parent)
         except BridgeError as exc:
             # The change itself succeeded; only the republication is missing. Say so in the log.
             log.warning("schedule %d changed but could not be read back: %s", schedule_id, exc)
             return None
-        await self._announce(schedule_id, ranges)
+        await self._announce(schedule_id, ranges, box)
         return ranges
 
-    async def _announce(self, schedule_id: int, ranges: list[TimeRange]) -> None:
+    async def _announce(
+        self, schedule_id: int, ranges: list[TimeRange], box: Outbox | None
+    ) -> None:
         doc = models.ScheduleRanges(schedule_id=schedule_id, timeranges=_ranges_out(ranges))
-        topic = self._topics.schedule_ranges(schedule_id)
-        await outbox.send(self._publish([Outbound(topic, models.ENCODER.encode(doc), True)]))
+        out = [
+            Outbound(self._topics.schedule_ranges(schedule_id), models.ENCODER.encode(doc), True)
+        ]
+        await deliver(out, box, self._publish)
 
 
 def _named_parent(command: models.ScheduleCommand) -> Parent | None:

@@ -18,6 +18,7 @@ import pytest
 from bridge.config import LimitSettings, PagerSettings
 from bridge.contract.topics import Topics
 from bridge.core.dispatch import Dispatcher, TokenBucket
+from bridge.core.outbox import Outbox
 from bridge.core.routing import Request, Router
 from bridge.mqtt.link import Inbound
 from bridge.ops.metrics import Metrics
@@ -77,7 +78,7 @@ class Transmitter:
         self.started: list[str] = []
         self.release = asyncio.Event()
 
-    async def __call__(self, request: Request) -> Any:
+    async def __call__(self, request: Request, _box: Outbox) -> Any:
         self.started.append(str(request.command.transaction))
         await self.release.wait()
         return {"done": True}
@@ -213,7 +214,7 @@ async def test_deep_nesting_is_bad_input_not_a_crash(caplog: pytest.LogCaptureFi
 async def test_an_unexpected_failure_is_an_upstream_error_logged_once_in_full(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def broken(_request: Request) -> Any:
+    async def broken(_request: Request, _box: Outbox) -> Any:
         raise KeyError("reply field")
 
     dispatch, link, _ = dispatcher(broken)

@@ -19,7 +19,7 @@ from bridge.coap.client import CoapReply
 from bridge.config import PagerSettings
 from bridge.contract import models
 from bridge.contract.topics import Topics
-from bridge.core.outbox import Outbound
+from bridge.core.outbox import Outbound, Outbox
 from bridge.errors import UpstreamTimeout, UpstreamUnavailable
 from bridge.ops.metrics import Metrics
 from bridge.pager.service import PagerService
@@ -74,6 +74,18 @@ def service(
     return pager, published, metrics
 
 
+def outbox(published: list[Outbound]) -> Outbox:
+    """A command's outbox that records what the command published."""
+
+    def record(out: list[Outbound]) -> asyncio.Future[None]:
+        published.extend(out)  # started at once, as the link does
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    return Outbox(record)
+
+
 def retries(metrics: Metrics) -> float:
     labels = {"upstream": "pager", "operation": "get", "reason": "no_answer"}
     return metrics.registry.get_sample_value("iotbridge_upstream_retries_total", labels) or 0.0
@@ -83,10 +95,12 @@ async def test_an_open_circuit_makes_reads_fail_fast() -> None:
     """Before: a read refused by the open circuit was retried until `pager.deadline`, each
     refusal counted as a `no_answer` retry of a request that was never sent."""
     silent = FakeTransmitter(lambda _m, _p: UpstreamTimeout("no answer"))
-    pager, _, metrics = service(silent, breaker_failures=2, breaker_cooldown=60, deadline=20)
+    pager, published, metrics = service(
+        silent, breaker_failures=2, breaker_cooldown=60, deadline=20
+    )
     started = time.monotonic()
     with pytest.raises(UpstreamUnavailable) as first:
-        await pager.execute(7, models.Get())
+        await pager.execute(7, models.Get(), outbox(published))
     assert time.monotonic() - started < 2  # two timeouts open the circuit; then no waiting
     assert "circuit open" in first.value.message
     assert len(silent.sent) == 2
@@ -94,7 +108,7 @@ async def test_an_open_circuit_makes_reads_fail_fast() -> None:
 
     started = time.monotonic()
     with pytest.raises(UpstreamUnavailable, match="circuit open"):
-        await pager.execute(7, models.Get())
+        await pager.execute(7, models.Get(), outbox(published))
     assert time.monotonic() - started < 0.05
     assert len(silent.sent) == 2  # nothing sent while open
     assert retries(metrics) == 2
@@ -102,9 +116,9 @@ async def test_an_open_circuit_makes_reads_fail_fast() -> None:
 
 async def test_a_write_is_never_retried() -> None:
     silent = FakeTransmitter(lambda _m, _p: UpstreamTimeout("no answer"))
-    pager, _, _ = service(silent)
+    pager, published, _ = service(silent)
     with pytest.raises(UpstreamTimeout):
-        await pager.execute(7, models.Page())
+        await pager.execute(7, models.Page(), outbox(published))
     assert silent.sent == [("PUT", "/v1/sessions")]
 
 
@@ -116,8 +130,8 @@ async def test_a_read_is_retried_until_answered() -> None:
         CoapReply("2.05", json.dumps({"sessions": [session]}).encode()),
     ]
     flaky = FakeTransmitter(lambda _m, _p: answers.pop(0))
-    pager, _, metrics = service(flaky)
-    data = await pager.execute(7, models.Get())
+    pager, published, metrics = service(flaky)
+    data = await pager.execute(7, models.Get(), outbox(published))
     assert data["session"]["label"] == "Ann"
     assert flaky.sent == [("GET", "/v1/sessions")] * 3
     assert retries(metrics) == 2
@@ -127,10 +141,10 @@ async def test_a_read_gives_up_when_pager_deadline_leaves_no_time() -> None:
     """No retry starts after `pager.deadline`; the error says how often the device was asked,
     so that dispatch parks the command on the dead-letter topic."""
     silent = FakeTransmitter(lambda _m, _p: UpstreamTimeout("no answer"))
-    pager, _, metrics = service(silent, deadline=0.5, breaker_failures=100)
+    pager, published, metrics = service(silent, deadline=0.5, breaker_failures=100)
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout) as raised:
-        await pager.execute(7, models.Get())
+        await pager.execute(7, models.Get(), outbox(published))
     assert time.monotonic() - started < 0.5
     assert raised.value.attempts == len(silent.sent) > 1
     assert retries(metrics) == len(silent.sent) - 1
@@ -140,7 +154,7 @@ async def test_a_start_publishes_the_session_and_its_event() -> None:
     session = {"id": "s1", "number": 7, "state": "started", "label": "Ann", "goal": 600}
     reply = CoapReply("2.01", json.dumps({"sessions": [session]}).encode())
     pager, published, _ = service(FakeTransmitter(lambda _m, _p: reply))
-    data = await pager.execute(7, models.Start(label="Ann"))
+    data = await pager.execute(7, models.Start(label="Ann"), outbox(published))
     assert data["session"]["label"] == "Ann"
     topics = [o.topic for o in published]
     assert "pager/7/session" in topics
