@@ -46,7 +46,7 @@ class Session(Wire):
     pageMode: str | None = None  # noqa: N815
 
 
-class Settings(Wire):
+class DeviceSettings(Wire):
     datetime: str | None = None
     systemId: int | None = None  # noqa: N815
     defaultTargetGoal: int | None = None  # noqa: N815
@@ -63,7 +63,7 @@ class Envelope(Wire):
     statistics: Statistics | None = None
     sessions: list[Session] | None = None
     session_history: list[Session] | None = None
-    settings: Settings | None = None
+    settings: DeviceSettings | None = None
 
 
 # Request bodies. The device rejects whitespace, so they are always encoded with msgspec

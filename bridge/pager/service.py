@@ -172,7 +172,7 @@ class PagerService:
             case models.GetSettings():
                 return (await self._call(box, "get_settings", "GET", SETTINGS)).settings
             case models.SetSettings():
-                body = t7470.Settings(**msgspec.structs.asdict(command.settings))
+                body = t7470.DeviceSettings(**msgspec.structs.asdict(command.settings))
                 # msgspec leaves out the fields left unset (omit_defaults): the device sees
                 # only what the command changes.
                 return (await self._call(box, "set_settings", "POST", SETTINGS, body=body)).settings

@@ -49,7 +49,7 @@ from bridge.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from bridge.schedules.transport import Envelope, Request, Result, Transport, refused
+from bridge.schedules.transport import Envelope, HttpRequest, Result, Transport, refused
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ class SensaphoneClient:
         parent: Parent,
         ids: tuple[int, ...],
         rng: TimeRange | None,
-    ) -> Request:
+    ) -> HttpRequest:
         levels = _LEVELS[parent.kind]
         keys = [key for key, _ in levels]
         fields = msgspec.to_builtins(rng) if rng is not None else None
@@ -241,7 +241,7 @@ class SensaphoneClient:
             if op in ("update", "delete") and fields is not None:
                 url += f"/{fields.pop('range_id')}"
             body = {"timerange": [fields]} if op in ("create", "update") else None
-            return Request(_METHODS[op], url, body)
+            return HttpRequest(_METHODS[op], url, body)
         tree: Any = [fields] if fields is not None else None
         node: dict[str, Any] = {"timerange": tree}
         for (key, id_field), ident in reversed(list(zip(levels, ids, strict=True))):
@@ -249,7 +249,7 @@ class SensaphoneClient:
         # The seed doc's JSON example says "uuid" where its property table says "session";
         # the table (and the login reply) name it session, so that is what we send.
         auth: dict[str, Any] = {"acctid": session.acctid, "session": session.token}
-        return Request(
+        return HttpRequest(
             "POST", f"{self._url}/{'/'.join(keys)}/timerange", {**auth, "request_type": op, **node}
         )
 
@@ -288,7 +288,7 @@ class SensaphoneClient:
         started, outcome = now, "error"
         try:
             envelope = await self._exchange(
-                "login", Request("POST", self._url + "/login", body), deadline
+                "login", HttpRequest("POST", self._url + "/login", body), deadline
             )
             if not envelope.result.success:
                 raise self._auth_refused(envelope.result)
@@ -336,7 +336,7 @@ class SensaphoneClient:
         margin = min(self._settings.renew_margin, lifetime / 2)
         return _Session(login.acctid, login.session, time.monotonic() + remaining - margin)
 
-    async def _exchange(self, op: Operation, request: Request, deadline: float) -> Envelope:
+    async def _exchange(self, op: Operation, request: HttpRequest, deadline: float) -> Envelope:
         # Only a create is unsafe to repeat: the others set, read or remove a known state.
         return await self._transport.exchange(op, request, deadline, idempotent=op != "create")
 

@@ -2,7 +2,7 @@
 
 `bridge.schedules.sensaphone` decides what to send (shapes, session, login); this module only
 carries a
-prepared `Request` and returns the result envelope, like an httpx transport under a client.
+prepared `HttpRequest` and returns the result envelope, like an httpx transport under a client.
 
 Each failed attempt is given a reason, and `bridge.core.retry.SENSAPHONE` says which reasons are
 retried (some only when the request is idempotent) and how long to wait, within the command's
@@ -55,7 +55,7 @@ class Envelope(msgspec.Struct):
 
 
 @dataclass(frozen=True)
-class Request:
+class HttpRequest:
     method: str
     url: str
     body: dict[str, Any] | None  # sent as JSON; may hold the password: never log it
@@ -103,7 +103,7 @@ class Transport:
         self._http = None
 
     async def exchange(
-        self, op: str, request: Request, deadline: float, *, idempotent: bool
+        self, op: str, request: HttpRequest, deadline: float, *, idempotent: bool
     ) -> Envelope:
         """Send `request` until it gets an envelope, retrying as the module docstring says.
 
@@ -125,7 +125,7 @@ class Transport:
             on_retry=self._on_retry,
         )
 
-    async def _guarded(self, op: str, request: Request, deadline: float) -> Envelope | Failure:
+    async def _guarded(self, op: str, request: HttpRequest, deadline: float) -> Envelope | Failure:
         """One attempt through the circuit breaker: refused unsent (not retried) while Sensaphone
         keeps not answering; any HTTP answer, even an error, says it is up."""
         breaker = self._breaker
@@ -146,7 +146,7 @@ class Transport:
             breaker.success()
         return outcome
 
-    async def _attempt(self, op: str, request: Request, deadline: float) -> Envelope | Failure:
+    async def _attempt(self, op: str, request: HttpRequest, deadline: float) -> Envelope | Failure:
         timeout = max(0.001, min(self._settings.timeout, deadline - time.monotonic()))
         try:
             response = await self._client().request(

@@ -80,8 +80,8 @@ class PagerDevice:
 
     max_number: int = 999
     history_limit: int = 1000
-    settings: t7470.Settings = field(
-        default_factory=lambda: t7470.Settings(
+    settings: t7470.DeviceSettings = field(
+        default_factory=lambda: t7470.DeviceSettings(
             systemId=1, defaultTargetGoal=300, statisticsClearMark=4
         )
     )
@@ -226,10 +226,10 @@ class PagerDevice:
         self.version += 1
         return self.statistics()
 
-    def current_settings(self) -> t7470.Settings:
+    def current_settings(self) -> t7470.DeviceSettings:
         return msgspec.structs.replace(self.settings, datetime=timestamp(self.now()))
 
-    def update_settings(self, body: t7470.Settings) -> t7470.Settings:
+    def update_settings(self, body: t7470.DeviceSettings) -> t7470.DeviceSettings:
         if body.defaultTargetGoal is not None and body.defaultTargetGoal < 0:
             raise DeviceError("4.00", "defaultTargetGoal must not be negative")
         mark = body.statisticsClearMark

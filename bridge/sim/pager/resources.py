@@ -43,7 +43,7 @@ _CODES: Final = {
 _CREATE = msgspec.json.Decoder(t7470.CreateSession)
 _UPDATE = msgspec.json.Decoder(t7470.UpdateSession)
 _PAGE = msgspec.json.Decoder(t7470.StandalonePage)
-_SETTINGS = msgspec.json.Decoder(t7470.Settings)
+_SETTINGS = msgspec.json.Decoder(t7470.DeviceSettings)
 _WHITESPACE: Final = frozenset(b" \t\r\n")
 
 
