@@ -15,7 +15,7 @@ from typing import Any
 from bridge.coap.client import Transmitter
 from bridge.config import Settings
 from bridge.contract import commands, models
-from bridge.contract.topics import ResponseTopics, Topics
+from bridge.contract.topics import PagerTopic, ResponseTopics, Topics
 from bridge.core import retry
 from bridge.core.breaker import CircuitBreaker
 from bridge.core.dispatch import Dispatcher
@@ -113,7 +113,7 @@ class Site:
         router = Router(self.topics, settings.pager, settings.limits)
         responses = ResponseTopics(settings.mqtt.response_topics, reserved or self.reserves)
         self.dispatcher = Dispatcher(
-            router, self.link, self._execute, metrics, settings.limits, responses
+            router, self.link, self._execute, metrics, settings.limits, responses, self._failed
         )
         self.link.on_connect(self._connected)
         self._republishing: asyncio.Task[None] | None = None
@@ -147,7 +147,9 @@ class Site:
         """One executor per kind of command topic in the command table, bound here, where
         the features are; the site refuses to exist without one for every kind."""
         executors: dict[str, Executor] = {
-            commands.PAGER.route: self._on_pager,
+            commands.PAGER.route: lambda target, command, box: self.pager.execute(
+                target.number, command, box
+            ),
             commands.BASE.route: lambda _target, command, box: self.pager.execute_base(
                 command, box
             ),
@@ -163,23 +165,24 @@ class Site:
     async def _execute(self, request: Request, box: Outbox) -> Any:
         return await self._by_route[request.kind.route](request.target, request.command, box)
 
-    async def _on_pager(self, target: Any, command: models.Command, box: Outbox) -> Any:
+    def _failed(self, topic: str, action: str | None, error: models.ErrorInfo) -> list[Outbound]:
+        """A command on a pager failed, carried out or refused: an `error` event on the pager's
+        event topic says so, ahead of the result, for whoever follows the pager (Home
+        Assistant's event entity). Nothing for other topics, nor for a topic that names no
+        pager this site serves."""
         try:
-            return await self.pager.execute(target.number, command, box)
-        except BridgeError as exc:
-            self._failed(target.number, command, exc, box)
-            raise
-
-    def _failed(self, number: int, command: models.Command, exc: BridgeError, box: Outbox) -> None:
-        """A command on a pager failed: an `error` event on the pager's event topic says so,
-        ahead of the result, for whoever follows the pager (Home Assistant's event entity)."""
-        event = models.Event(
-            event="error",
-            number=number,
-            action=str(command.__struct_config__.tag),
-            error=models.ErrorInfo(code=exc.code, message=exc.message),
-        )
-        box.send([Outbound(self.topics.pager_event(number), models.ENCODER.encode(event), False)])
+            target = self.topics.parse(topic)
+        except BridgeError:
+            return []
+        if not isinstance(target, PagerTopic):
+            return []
+        # Code and message: what an automation tests and a dashboard shows; the detail stays
+        # on the result.
+        summary = models.ErrorInfo(code=error.code, message=error.message)
+        event = models.Event(event="error", number=target.number, action=action, error=summary)
+        return [
+            Outbound(self.topics.pager_event(target.number), models.ENCODER.encode(event), False)
+        ]
 
     async def _connected(self) -> None:
         # In a task: the message loop must start at once, however much state there is.

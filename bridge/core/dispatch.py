@@ -30,7 +30,7 @@ from bridge.config import LimitSettings
 from bridge.contract import models
 from bridge.contract.topics import Topics
 from bridge.core.dedup import Dedup, Entry, Reuse, digest
-from bridge.core.outbox import Outbox, publisher
+from bridge.core.outbox import Outbound, Outbox, publisher
 from bridge.core.routing import Request, Router, transaction_of
 from bridge.errors import (
     BridgeError,
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 # Carries out one command; its publishes besides the result go into the outbox it is given.
 Execute = Callable[[Request, Outbox], Awaitable[Any]]
+# What else to publish, ahead of the result, when a command failed: (its topic, its action or
+# None where none could be read, the error) -> messages (the pager's `error` event, bridge.site).
+Failed = Callable[[str, str | None, models.ErrorInfo], list[Outbound]]
 
 
 class Link(Protocol):
@@ -100,10 +103,15 @@ class Dispatcher:
         metrics: Metrics,
         limits: LimitSettings,
         responses: Callable[[str], str | None] = lambda _topic: "not_allowed",
+        failed: Failed = lambda _topic, _action, _error: [],
     ) -> None:
         """`responses(topic)` says why a Response Topic is not answered (a metric label), or
-        None when it may be (see `ResponseTopics`)."""
+        None when it may be (see `ResponseTopics`). `failed` gives what to announce, ahead of
+        its result, about every command that failed, however early it was refused (except a
+        QoS 0 command shed while the queue is full, see `shed`) and not again for a retry
+        answered from the deduplication window."""
         self._responses = responses
+        self._failed_out = failed
         self._ignored: set[str] = set()  # Response Topics already logged as ignored (bounded)
         self._router = router
         self._link = link
@@ -173,8 +181,9 @@ class Dispatcher:
 
     def shed(self, inbound: Inbound) -> None:
         """Answer `overloaded`, at once and at QoS 0, to a QoS 0 command the link will not
-        queue (its inbox is full): the answer is all such a command costs, so a flood is read
-        through quickly and what others publish behind it is not held up."""
+        queue (its inbox is full): the answer is all such a command costs (no `failed`
+        announcement either), so a flood is read through quickly and what others publish behind
+        it is not held up."""
         self._reached("qos0_inbox")
         try:
             transaction = transaction_of(inbound.payload)
@@ -298,6 +307,7 @@ class Dispatcher:
         self._dedup.finished(entry, payload)
         if result.error is not None:
             self._note_failure(inbound, result)
+            box.send(self._failed_out(inbound.topic, action, result.error))
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s on %s: ok", route, action, inbound.topic)
         await self._finish(inbound, payload, route, action, _outcome(result), entry, box.started)
@@ -313,7 +323,18 @@ class Dispatcher:
         """Answer with an error without carrying the command out (nor remembering it)."""
         result = _error_result(exc, transaction)
         self._note_failure(inbound, result)
-        await self._finish(inbound, models.ENCODER.encode(result), route, action, exc.code)
+        announced = self._announce_failure(inbound, action, result)
+        payload = models.ENCODER.encode(result)
+        await self._finish(inbound, payload, route, action, exc.code, deferred=announced)
+
+    def _announce_failure(
+        self, inbound: Inbound, action: str | None, result: models.Result
+    ) -> list[Awaitable[object]]:
+        """Start publishing what `failed` gives for a command refused before it ran."""
+        assert result.error is not None
+        box = Outbox(self._publish)
+        box.send(self._failed_out(inbound.topic, action, result.error))
+        return box.started
 
     async def _deadletter(
         self, inbound: Inbound, result: models.Result, route: str, attempts: int
@@ -406,7 +427,9 @@ class Dispatcher:
         correlation_id.set(_correlation(transaction, inbound))
         route, action = self._router.attempted(inbound.topic, inbound.payload)
         self._note_failure(inbound, result)
-        await self._finish(inbound, payload, route, action, exc.code)
+        read = None if action == "none" else action
+        announced = self._announce_failure(inbound, read, result)
+        await self._finish(inbound, payload, route, action, exc.code, deferred=announced)
 
     async def _finish(
         self,

@@ -87,8 +87,22 @@ async def test_a_failed_pager_command_is_an_error_event_before_its_result(
         }
         topics = [m[0] for m in peer.messages]
         assert topics.index("pager/77/event") < topics.index("pager/77/action/result")
-        # Refused before it reached the transmitter: the result only.
-        assert (await peer.request("pager/78/action", {"action": "page", "bad": 1}))["error"][
-            "code"
-        ] == "invalid_payload"
-        assert peer.on("pager/78/event") == []
+        # Refused before it reached the transmitter: announced all the same, with the action
+        # the command attempted where it could be read.
+        refused = await peer.request("pager/78/action", {"action": "page", "bad": 1})
+        assert refused["error"]["code"] == "invalid_payload"
+        [event] = peer.payloads("pager/78/event")
+        assert event == {
+            "event": "error",
+            "number": 78,
+            "action": "page",
+            "error": refused["error"],
+        }
+        garbled = await peer.request("pager/79/action", "{not json")
+        [event] = peer.payloads("pager/79/event")
+        assert event == {"event": "error", "number": 79, "error": garbled["error"]}
+        # A number outside the site's range names no pager: the result only.
+        assert (await peer.request("pager/70000/action", "page"))["error"]["code"] == (
+            "invalid_topic"
+        )
+        assert peer.on("pager/70000/event") == []

@@ -16,10 +16,12 @@ import paho.mqtt.client as paho
 import pytest
 
 from bridge.config import LimitSettings, PagerSettings
+from bridge.contract import models
 from bridge.contract.topics import Topics
-from bridge.core.dispatch import Dispatcher, TokenBucket
-from bridge.core.outbox import Outbox
+from bridge.core.dispatch import Dispatcher, Failed, TokenBucket
+from bridge.core.outbox import Outbound, Outbox
 from bridge.core.routing import Request, Router
+from bridge.errors import Overloaded
 from bridge.mqtt.link import Inbound
 from bridge.ops.metrics import Metrics
 
@@ -85,13 +87,20 @@ class Transmitter:
 
 
 def dispatcher(
-    execute: Any, link: FakeLink | None = None, metrics: Metrics | None = None, **limits: Any
+    execute: Any,
+    link: FakeLink | None = None,
+    metrics: Metrics | None = None,
+    failed: Failed | None = None,
+    **limits: Any,
 ) -> tuple[Dispatcher, FakeLink, Metrics]:
     settings = LimitSettings(**limits)
     link = link or FakeLink()
     metrics = metrics or Metrics()
     router = Router(Topics(), PagerSettings(), settings)
-    return Dispatcher(router, link, execute, metrics, settings), link, metrics
+    if failed is None:
+        return Dispatcher(router, link, execute, metrics, settings), link, metrics
+    dispatch = Dispatcher(router, link, execute, metrics, settings, failed=failed)
+    return dispatch, link, metrics
 
 
 def reached(metrics: Metrics, limit: str) -> float:
@@ -279,3 +288,99 @@ async def test_past_max_queued_submit_waits_for_room() -> None:
         await third
     assert await dispatch.drain(1)
     assert sorted(transmitter.started) == ["a", "b", "c"]
+
+
+def announce(topic: str, action: str | None, error: models.ErrorInfo) -> list[Outbound]:
+    """A `failed` hook: one message per failure, on `<topic>/failed`."""
+    body = {"action": action, "code": error.code}
+    return [Outbound(f"{topic}/failed", json.dumps(body).encode(), False)]
+
+
+async def test_every_failed_command_is_announced_ahead_of_its_result() -> None:
+    """However early a command is refused, `failed` is told (the site makes it the pager's
+    `error` event), and its messages go out before the result; a retry answered from the
+    deduplication window is not a new failure, and a shed QoS 0 command costs one answer."""
+
+    async def refusing(_request: Request, _box: Outbox) -> Any:
+        raise Overloaded("no")
+
+    dispatch, link, _ = dispatcher(refusing, failed=announce, rate=1000, burst=1000)
+    page = {"action": "page", "transaction": "t1"}
+    await dispatch.submit(inbound("pager/1/action", page))  # carried out, failed
+    await dispatch.submit(inbound("pager/2/action", b"{not json"))  # unreadable
+    await dispatch.submit(inbound("pager/3/action", {"action": "fly", "transaction": "t3"}))
+    retained = inbound("pager/4/action", {"action": "clear", "transaction": "t4"})
+    retained.retain = True
+    await dispatch.submit(retained)
+    assert await dispatch.drain(1)
+    await dispatch.submit(inbound("pager/1/action", page))  # a retry: its first outcome
+    await dispatch.submit(inbound("pager/1/action", {"action": "clear", "transaction": "t1"}))
+    dispatch.shed(inbound("pager/5/action", {"action": "page", "transaction": "t5"}, qos=0))
+    assert await dispatch.drain(1)
+    topics = [topic for topic, _, _ in link.published]
+    announced = [(topic, body) for topic, body, _ in link.published if topic.endswith("/failed")]
+    assert sorted(announced, key=lambda a: a[0]) == [
+        ("pager/1/action/failed", {"action": "page", "code": "overloaded"}),
+        ("pager/1/action/failed", {"action": "clear", "code": "invalid_payload"}),  # reused key
+        ("pager/2/action/failed", {"action": None, "code": "invalid_payload"}),
+        ("pager/3/action/failed", {"action": None, "code": "unknown_action"}),
+        ("pager/4/action/failed", {"action": "clear", "code": "expired"}),
+    ]
+    # pager 1: the failure, its retry (not announced again), the reused key (announced).
+    ones = [t for t in topics if t.startswith("pager/1/")]
+    assert ones == [
+        "pager/1/action/failed",
+        "pager/1/action/result",
+        "pager/1/action/result",
+        "pager/1/action/failed",
+        "pager/1/action/result",
+    ]
+    for n in (2, 3, 4):
+        assert topics.index(f"pager/{n}/action/failed") < topics.index(f"pager/{n}/action/result")
+    assert [t for t in topics if t.startswith("pager/5/")] == ["pager/5/action/result"]
+
+
+class SlowLink(FakeLink):
+    """Every publish is acknowledged only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[asyncio.Future[None]] = []
+
+    def publish_soon(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        correlation: bytes | None = None,
+    ) -> Awaitable[None]:
+        super().publish_soon(topic, payload, retain=retain, correlation=correlation)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append(future)
+        return future
+
+
+async def test_the_ack_waits_for_the_commands_publishes_which_precede_its_result() -> None:
+    async def starting(_request: Request, box: Outbox) -> Any:
+        box.send([Outbound("pager/9/session", b'{"state":"started"}', True)])
+        box.send([Outbound("pager/9/event", b'{"event":"started"}', False)])
+        return {"started": True}
+
+    link = SlowLink()
+    dispatch, _, _ = dispatcher(starting, link=link)
+    await dispatch.submit(inbound("pager/9/action", {"action": "start", "transaction": "s"}))
+    await asyncio.sleep(0.05)  # the command runs and its three publishes start
+    assert [t for t, _, _ in link.published] == [
+        "pager/9/session",
+        "pager/9/event",
+        "pager/9/action/result",
+    ]
+    session, event, result = link.pending
+    result.set_result(None)
+    event.set_result(None)
+    await asyncio.sleep(0.05)
+    assert link.acked == []  # the session is not out yet: not acknowledged
+    session.set_result(None)
+    assert await dispatch.drain(1)
+    assert len(link.acked) == 1
