@@ -7,6 +7,7 @@ publishes, from the documented vocabulary (README, "Results and error codes").
     ├── UnknownAction               unknown_action
     ├── Expired                     expired
     ├── Overloaded                  overloaded
+    ├── NotConfigured               not_configured    the site is not configured for this command
     ├── ConfigError                 (never published: the process exits with its message)
     └── UpstreamError               upstream_error    the upstream answered with an error
         ├── PublishRefused          upstream_error    the broker refused a publish (PUBACK >= 0x80)
@@ -61,6 +62,13 @@ class Expired(BridgeError):
 
 class Overloaded(BridgeError):
     code = "overloaded"
+
+
+class NotConfigured(BridgeError):
+    """A command the site cannot carry out as configured (a schedule command on a site with
+    no Sensaphone account): neither bad input nor an upstream failure, and no retry helps."""
+
+    code = "not_configured"
 
 
 class ConfigError(BridgeError):

@@ -19,7 +19,7 @@ from bridge.contract import models
 from bridge.contract.interval import Interval, decode_interval, encode_interval, parse_interval
 from bridge.contract.topics import Topics
 from bridge.core.outbox import Outbound, Outbox, Publish, deliver
-from bridge.errors import BridgeError, InvalidPayload, UpstreamUnavailable
+from bridge.errors import BridgeError, InvalidPayload, NotConfigured
 from bridge.schedules.sensaphone import Parent, SensaphoneClient, TimeRange
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,11 @@ class ScheduleService:
         if not isinstance(command, models.ScheduleCommand):
             raise InvalidPayload(f"not a timerange command: {type(command).__name__}")
         if not self._account:
-            # A configuration problem, not a bad topic: the topic is right, the site cannot
-            # reach Sensaphone as configured.
-            raise UpstreamUnavailable(
+            # A configuration problem, not a bad topic nor an unreachable upstream: the topic
+            # is right, and the site has no Sensaphone account to carry it out with.
+            raise NotConfigured(
                 "this site has no Sensaphone account (sensaphone.user is not set): "
-                "schedule commands cannot be carried out",
-                detail={"reason": "not_configured"},
+                "schedule commands cannot be carried out"
             )
         parent = self.parent_of(schedule_id, command)
         async with self._lock(schedule_id):

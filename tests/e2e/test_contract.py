@@ -31,7 +31,7 @@ BAD_INPUT = [
     ("pager/5/action", "[" * 5000, "invalid_payload", "JSON object or a bare action word"),
     ("pager/5/action", '{"action":' + "[" * 5000, "invalid_payload", "nested too deeply"),
     # The topic is right; this bridge has no Sensaphone account: a configuration problem.
-    ("schedule/28487/timerange", '{"action":"read"}', "upstream_unavailable", "sensaphone.user"),
+    ("schedule/28487/timerange", '{"action":"read"}', "not_configured", "sensaphone.user"),
     (
         "pager/5/action",
         json.dumps({"action": "start", "label": "L" * 65}),
@@ -61,6 +61,10 @@ async def test_bad_input_gets_clear_errors_and_the_bridge_keeps_serving(
         'iotbridge_commands_total{action="none",outcome="unknown_action",route="pager"} 1.0' in body
     )
     assert 'action="start",outcome="invalid_payload",route="pager"' in body
+    # A site not configured for schedules: its own code, and nothing for the dead-letter topic
+    # (no retry would help).
+    assert 'action="read",outcome="not_configured",route="schedule"' in body
+    assert peer.on("bridge/deadletter") == []
 
 
 async def test_transaction_is_echoed_even_for_invalid_payloads(bridge: Bridge, peer: Peer) -> None:
