@@ -431,14 +431,17 @@ class MqttLink:
             self._drop(conn, LinkError("refused", "refused"))
             raise LinkError("refused", "the broker allows QoS 0 only; commands need QoS 1")
         if not present:
-            if self._had_session:
+            # MQTT 5 with a Session Expiry of 0 keeps no session across a disconnect: none is
+            # expected back, so its absence is no loss.
+            kept = not self.v5 or self._settings.session_expiry > 0
+            if self._had_session and kept:
                 self._metrics.mqtt_sessions_lost.inc()
                 log.warning(
                     "the broker dropped our session (%s): commands queued while we were away "
                     "are lost",
                     self.client_id,
                 )
-            else:
+            elif kept:
                 log.info("the broker had no session for %s: starting a new one", self.client_id)
         self._had_session = True
         # MQTT 5: the broker's Receive Maximum (65,535 when absent) bounds our unacknowledged

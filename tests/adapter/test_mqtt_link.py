@@ -278,6 +278,24 @@ async def test_a_lost_session_is_a_warning_and_a_metric(
     assert any("the broker dropped our session" in w and "are lost" in w for w in warnings)
 
 
+async def test_no_session_kept_is_no_session_lost(
+    broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With `mqtt.session_expiry: 0` (MQTT 5) the broker keeps nothing across a disconnect, as
+    asked: a reconnect without a session is no loss, so no warning and no metric."""
+    metrics = Metrics()
+    link = MqttLink(link_settings(broker.port, mqtt_session_expiry="0"), CHANNELS, metrics)
+    async with running(link):
+        broker.stop()
+        broker.start()
+        await until(lambda: metrics.mqtt_reconnects._value.get() >= 1 and link.ready, 10)
+        async with Peer(broker.port) as peer:
+            await peer.publish("pager/5/action", b"after")
+            await peer.wait_for(lambda m: m[0] == "pager/5/action/result")
+    assert metrics.mqtt_sessions_lost._value.get() == 0
+    assert not [r for r in caplog.records if "dropped our session" in r.getMessage()]
+
+
 async def test_a_refused_publish_is_not_delivered(broker: Mosquitto, tmp_path: Path) -> None:
     """PUBACK 0x87 (an ACL refusing the topic) fails the publish; it is counted, not taken as
     delivered; the connection stays up."""
