@@ -5,11 +5,13 @@ Every payload schema is the one `bridge.contract.schema` writes for the same top
 `$ref`s rewritten to point there. Operations are seen from the bridge's side: it *receives*
 commands (and replies on `<command topic>/result`) and *sends* state, events and statistics.
 `bridge.contract.documents` writes this document as `schemas/asyncapi.yaml`, so the same
-drift test covers it.
+drift test covers it. The addresses of what the bridge sends are built by `Topics`, the same
+builders that make the real topics, so the document cannot name a topic the bridge does not use.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final, Literal, NamedTuple
 
 import msgspec
@@ -18,6 +20,7 @@ import yaml
 from bridge import __version__
 from bridge.contract.commands import COMMANDS
 from bridge.contract.schema import DOCUMENTS
+from bridge.contract.topics import Topics
 
 MQTT_BINDING: Final = "0.2.0"
 _HEADER: Final = (
@@ -41,6 +44,18 @@ _NUMBER: Final = {
     "`pager.min_number`, `pager.max_number`)."
 }
 _SCHEDULE_ID: Final = {"description": "Sensaphone.net schedule id, a positive integer."}
+# Addresses without the optional prefix (the description says every address takes it).
+_TOPICS: Final = Topics()
+# A parameter's value while its address is built; no fixed segment of any topic is a number.
+_SAMPLE: Final = 4242
+
+
+def _address(build: Callable[[int], str], parameter: str) -> str:
+    """The address `build` makes for any value, with the value's segment named `{parameter}`."""
+    built = build(_SAMPLE).split("/")
+    return "/".join(f"{{{parameter}}}" if part == str(_SAMPLE) else part for part in built)
+
+
 _COMMAND_CHANNELS: Final = tuple(
     _Channel(kind.channel, kind.address, kind.document, "receive", False, kind.description)
     for kind in COMMANDS
@@ -49,7 +64,7 @@ CHANNELS: Final = (
     *_COMMAND_CHANNELS,
     _Channel(
         "pagerSession",
-        "pager/{number}/session",
+        _address(_TOPICS.pager_session, "number"),
         "pager-session.json",
         "send",
         True,
@@ -59,7 +74,7 @@ CHANNELS: Final = (
     ),
     _Channel(
         "pagerEvent",
-        "pager/{number}/event",
+        _address(_TOPICS.pager_event, "number"),
         "pager-event.json",
         "send",
         False,
@@ -68,7 +83,7 @@ CHANNELS: Final = (
     ),
     _Channel(
         "pagerStatistics",
-        "pager/statistics",
+        _TOPICS.statistics,
         "pager-statistics.json",
         "send",
         True,
@@ -76,7 +91,7 @@ CHANNELS: Final = (
     ),
     _Channel(
         "scheduleTimeranges",
-        "schedule/{schedule_id}/timeranges",
+        _address(_TOPICS.schedule_ranges, "schedule_id"),
         "schedule-timeranges.json",
         "send",
         True,
@@ -84,7 +99,7 @@ CHANNELS: Final = (
     ),
     _Channel(
         "bridgeState",
-        "bridge/state",
+        _TOPICS.bridge_state,
         "bridge-state.json",
         "send",
         True,
@@ -92,7 +107,7 @@ CHANNELS: Final = (
     ),
     _Channel(
         "bridgeDeadletter",
-        "bridge/deadletter",
+        _TOPICS.deadletter,
         "bridge-deadletter.json",
         "send",
         False,
@@ -100,7 +115,7 @@ CHANNELS: Final = (
     ),
     _Channel(
         "bridgeObserver",
-        "bridge/observer",
+        _TOPICS.observer,
         "bridge-observer.json",
         "send",
         True,
@@ -141,7 +156,7 @@ def document() -> dict[str, Any]:
         if channel.action == "receive":
             result = f"{channel.key}Result"
             channels[result] = _channel(
-                f"{channel.address}/result", "result", "Exactly one result per command."
+                Topics.result(channel.address), "result", "Exactly one result per command."
             )
             operations[_operation_name(channel)]["reply"] = {
                 "channel": {"$ref": f"#/channels/{result}"},
@@ -178,7 +193,7 @@ def _server() -> dict[str, Any]:
                 # The bridge's own session: persistent, with `offline` as its last will.
                 "cleanSession": False,
                 "lastWill": {
-                    "topic": "bridge/state",
+                    "topic": _TOPICS.bridge_state,
                     "qos": 1,
                     "message": '{"state":"offline"}',
                     "retain": True,
