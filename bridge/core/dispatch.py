@@ -158,7 +158,13 @@ class Dispatcher:
             return
         lane = self._lanes.get(request.key)
         refusal = None
-        if not self._bucket.take():
+        if inbound.dup:
+            # The broker delivers again what it delivered before (a reconnect): admitted past
+            # the rate and the lane's depth, so it meets its first delivery in the lane and
+            # gets that outcome, never a second, different one. The broker's own window bounds
+            # how many come back; `max_queued` still holds.
+            pass
+        elif not self._bucket.take():
             self._reached("rate")
             refusal = Overloaded(
                 f"this site takes at most {self._limits.rate:g} commands a second "
@@ -272,7 +278,8 @@ class Dispatcher:
         route, action = request.kind.route, str(command.__struct_config__.tag)
         correlation_id.set(_correlation(command.transaction, inbound))
         if inbound.retain:
-            await self._refuse(inbound, command.transaction, Expired(RETAINED), route, action)
+            retained = Expired(RETAINED)
+            await self._refuse(inbound, command.transaction, retained, route, action, "retained")
             return
         identity, keyed = Dedup.identity(
             inbound.topic, command.transaction, inbound.correlation, inbound.payload
@@ -319,13 +326,16 @@ class Dispatcher:
         exc: BridgeError,
         route: str,
         action: str,
+        outcome: str | None = None,
     ) -> None:
-        """Answer with an error without carrying the command out (nor remembering it)."""
+        """Answer with an error without carrying the command out (nor remembering it); the
+        metric's outcome is the error's code unless given."""
         result = _error_result(exc, transaction)
         self._note_failure(inbound, result)
         announced = self._announce_failure(inbound, action, result)
         payload = models.ENCODER.encode(result)
-        await self._finish(inbound, payload, route, action, exc.code, deferred=announced)
+        outcome = outcome or exc.code
+        await self._finish(inbound, payload, route, action, outcome, deferred=announced)
 
     def _announce_failure(
         self, inbound: Inbound, action: str | None, result: models.Result

@@ -171,6 +171,6 @@ async def test_a_retained_command_is_never_carried_out(
     error = json.loads(replay[1])["error"]
     assert error["code"] == "expired"
     assert "retained command is never carried out" in error["message"]
-    assert 'action="alert",outcome="expired",route="pager"' in metrics
+    assert 'action="alert",outcome="retained",route="pager"' in metrics
     assert [r[0] for r in pager_sim.received] == [7]
     await peer._client.publish("pager/7/action", b"", qos=1, retain=True)  # clean up

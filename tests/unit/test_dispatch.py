@@ -257,7 +257,7 @@ async def test_a_retry_with_the_same_transaction_is_answered_from_the_first_outc
 async def test_stale_and_retained_commands_are_expired_not_carried_out() -> None:
     transmitter = Transmitter()
     transmitter.release.set()
-    dispatch, link, _ = dispatcher(transmitter, max_age=60)
+    dispatch, link, metrics = dispatcher(transmitter, max_age=60)
     old = {"action": "page", "transaction": "old", "sent_at": 1_000_000_000}
     await dispatch.submit(inbound("pager/4/action", old))
     retained = inbound("pager/4/action", {"action": "page", "transaction": "kept"})
@@ -270,6 +270,32 @@ async def test_stale_and_retained_commands_are_expired_not_carried_out() -> None
     assert "sent" in results["old"]["error"]["message"]
     assert results["kept"]["error"]["code"] == "expired"
     assert len(link.acked) == 2
+    # Counted apart: a retained command is a publisher's mistake to find, not a slow queue.
+    assert count(metrics, "expired") == 1
+    assert count(metrics, "retained") == 1
+
+
+async def test_a_redelivery_to_a_full_lane_meets_its_first_delivery() -> None:
+    """After a reconnect the broker delivers again (DUP) what it delivered before. However full
+    the lane or spent the rate, the redelivery is not refused with a second, different result:
+    it waits behind its first delivery and is only acknowledged once that is answered."""
+    transmitter = Transmitter()
+    dispatch, link, metrics = dispatcher(transmitter, lane_depth=3, rate=1, burst=3)
+    first = inbound("pager/8/action", {"action": "page", "transaction": "first"})
+    await dispatch.submit(first)
+    await dispatch.submit(inbound("pager/8/action", {"action": "page", "transaction": "b"}))
+    await dispatch.submit(inbound("pager/8/action", {"action": "page", "transaction": "c"}))
+    again = inbound("pager/8/action", {"action": "page", "transaction": "first"})
+    again.dup = True
+    await dispatch.submit(again)
+    transmitter.release.set()
+    assert await dispatch.drain(1)
+    answers = [r for t, r, _ in link.published if r.get("transaction") == "first"]
+    assert [a["status"] for a in answers] == ["ok"]
+    assert transmitter.started.count("first") == 1
+    assert count(metrics, "overloaded") == 0
+    assert count(metrics, "redelivered") == 1
+    assert len(link.acked) == 4
 
 
 async def test_past_max_queued_submit_waits_for_room() -> None:
