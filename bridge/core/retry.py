@@ -13,7 +13,10 @@ Sensaphone, HTTPS (`SENSAPHONE`)
 MQTT broker (`reconnect`, handed to `bridge.mqtt.link.MqttLink` by the site)
     retried: every lost or refused connection, until `stop()`
     wait before reconnect n: uniform(reconnect_min, min(reconnect_max, reconnect_min * 2**(n-1))),
-    n starting again at 1 after a connection that got up
+    n starting again at 1 after a connection that got up. Deliberately not the requests'
+    formula: at its cap, `min(wait_max, ... + jitter)` is the cap itself, so bridges that lost
+    one broker together would all come back in the same instant; drawn over the whole range
+    ("full jitter"), they spread out, however long the broker was away.
 
 The request retries (pager, Sensaphone) run on stamina (hynek/stamina, tenacity underneath):
 `call()` is a `stamina.retry_context` loop whose backoff hook is the policy. An attempt that fails
