@@ -69,6 +69,21 @@ class CoapClient(Protocol):
     ) -> AsyncIterator[CoapReply]: ...
 
 
+class Breaker(Protocol):
+    """What the pager service needs of its circuit breaker (`bridge.core.breaker`): asked
+    before each request, rechecked when the request's turn comes, then told how it ended."""
+
+    def before(self) -> None: ...
+
+    def recheck(self) -> None: ...
+
+    def success(self) -> None: ...
+
+    def failure(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
 class PagerService:
     """Carries out pager commands on one transmitter and keeps MQTT in step with it."""
 
@@ -82,7 +97,10 @@ class PagerService:
         *,
         site: str = "default",
         claim: ObserverClaim | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
+        """`breaker`: in front of every request; by default a `CircuitBreaker` as
+        `settings.breaker_failures` and `settings.breaker_cooldown` say."""
         self._tx = transmitter
         # With replicas, only the holder of the observer claim observes and publishes events.
         self._claim = claim
@@ -95,13 +113,15 @@ class PagerService:
         # of a change with the very body it answered with; such a notification is news to no
         # one and is not decoded again (a notification shaped otherwise is folded as usual).
         self._answered: collections.deque[bytes] = collections.deque(maxlen=16)
-        self.breaker = CircuitBreaker(
-            "pager",
-            metrics,
-            failures=settings.breaker_failures,
-            cooldown=settings.breaker_cooldown,
-            site=site,
-        )
+        if breaker is None:
+            breaker = CircuitBreaker(
+                "pager",
+                metrics,
+                failures=settings.breaker_failures,
+                cooldown=settings.breaker_cooldown,
+                site=site,
+            )
+        self.breaker = breaker
 
     # -- commands --------------------------------------------------------------------------
 
