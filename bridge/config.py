@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 import yaml
 
-from bridge.config_check import redact_url, semantic, structural
+from bridge.config_check import redact_url, semantic, sift
 from bridge.errors import ConfigError
 
 REDACTED = "***"
@@ -214,7 +214,8 @@ _MAPPING_FIELDS = {("sensaphone", "schedules")}
 def load(environ: dict[str, str] | None = None) -> Settings:
     """Read the YAML file named by IOTBRIDGE_CONFIG (if any), overlay the environment, validate.
 
-    Raises ConfigError listing every mistake, one line each, naming the field and what is wrong.
+    Raises ConfigError listing every mistake, one line each, naming the field and what is wrong:
+    the type mistakes and the value mistakes of every field that has the right type, at once.
     """
     env = dict(os.environ if environ is None else environ)
     raw: dict[str, Any] = {}
@@ -222,13 +223,24 @@ def load(environ: dict[str, str] | None = None) -> Settings:
     if path:
         raw = _read_yaml(Path(path))
     _overlay_env(raw, env)
-    problems = _read_secret_files(raw) + structural(raw, Settings)
-    if not problems:
-        settings = msgspec.convert(raw, Settings, strict=False)
-        problems = semantic(settings)
+    problems = _read_secret_files(raw)
+    sifted = sift(raw, Settings)
+    settings = _salvaged(sifted.kept, sifted.dropped)
+    problems += sifted.problems + semantic(settings, sifted.dropped)
     if problems:
         raise ConfigError("\n".join(f"configuration: {problem}" for problem in problems))
     return settings
+
+
+def _salvaged(kept: dict[str, Any], dropped: set[str]) -> Settings:
+    """The settings from every field that converted, defaults in place of the rest, so the
+    value checks can run on them too. A site's name is the one required field: where it is
+    missing or wrong, "-" stands in, and is marked dropped so no check compares it."""
+    for i, site in enumerate(kept.get("sites", [])):
+        if "name" not in site:
+            site["name"] = "-"
+            dropped.add(f"sites[{i}].name")
+    return msgspec.convert(kept, Settings, strict=False)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -1,15 +1,18 @@
 """Every mistake in a configuration, not only the first: what `iotbridge check-config` reports.
 
 msgspec stops at the first field it cannot convert. A user fixing a file wants the whole list,
-so the raw YAML-plus-environment mapping is walked against the settings Structs field by field
-(`structural`), and the converted settings are then checked for what types cannot say: URL
-schemes, ports, addresses, ranges that depend on other fields (`semantic`), for the top level
-and for every `sites[]` entry alike.
+so the raw YAML-plus-environment mapping is sifted against the settings Structs field by field
+(`sift`): each field that cannot be converted is a problem and is left out, and what remains
+converts. The value checks then run on that (`semantic`): URL schemes, ports, addresses, ranges
+that depend on other fields, for the top level and every `sites[]` entry alike, so type and
+value mistakes are all reported in one run. A check that compares fields is skipped when one
+of them was left out (its default would stand in for a value the user did write).
 """
 
 from __future__ import annotations
 
 import types
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
@@ -20,40 +23,69 @@ from bridge.mqtt.names import is_filter
 if TYPE_CHECKING:
     from bridge.config import PagerSettings, SensaphoneSettings, Settings
 
+_LEFT_OUT = object()
 
-def structural(raw: Any, target: Any, path: str = "") -> list[str]:
-    """Problems converting `raw` to `target`, each as "field.path: what is wrong"."""
+
+class Sifted(msgspec.Struct, kw_only=True):
+    """`kept`: the raw data without what does not convert; `problems`: one line per mistake,
+    "field.path: what is wrong"; `dropped`: the paths of the fields left out."""
+
+    kept: Any
+    problems: list[str] = msgspec.field(default_factory=list)
+    dropped: set[str] = msgspec.field(default_factory=set)
+
+
+def sift(raw: Any, target: Any) -> Sifted:
+    """Walk `raw` against `target` (a Struct type) field by field, keeping what converts."""
+    sifted = Sifted(kept=None)
+    sifted.kept = _keep(raw, target, "", sifted)
+    return sifted
+
+
+def _keep(raw: Any, target: Any, path: str, sifted: Sifted) -> Any:
+    """`raw` without its parts that do not convert to `target`, or _LEFT_OUT if none would."""
     target = _unoptional(target) if raw is not None else target
     origin = get_origin(target)
     if isinstance(target, type) and issubclass(target, msgspec.Struct) and isinstance(raw, dict):
-        return _struct_problems(raw, target, path)
+        return _keep_fields(raw, target, path, sifted)
     if origin is list and isinstance(raw, list) and _is_struct(get_args(target)[0]):
         (item,) = get_args(target)
-        return [p for i, value in enumerate(raw) for p in structural(value, item, f"{path}[{i}]")]
+        kept = [_keep(value, item, f"{path}[{i}]", sifted) for i, value in enumerate(raw)]
+        # An entry left out stays as an empty one, so every later entry keeps its index.
+        return [{} if value is _LEFT_OUT else value for value in kept]
     if origin is dict and isinstance(raw, dict) and _is_struct(get_args(target)[1]):
         value_type = get_args(target)[1]
-        return [p for k, v in raw.items() for p in structural(v, value_type, f"{path}.{k}")]
+        kept_items = {k: _keep(v, value_type, f"{path}.{k}", sifted) for k, v in raw.items()}
+        return {k: v for k, v in kept_items.items() if v is not _LEFT_OUT}
     try:
         msgspec.convert(raw, target, strict=False)
     except msgspec.ValidationError as exc:
-        return [describe(exc, path)]
-    return []
+        sifted.problems.append(describe(exc, path))
+        sifted.dropped.add(path)
+        return _LEFT_OUT
+    return raw
 
 
-def _struct_problems(raw: dict[str, Any], target: type[msgspec.Struct], path: str) -> list[str]:
+def _keep_fields(
+    raw: dict[str, Any], target: type[msgspec.Struct], path: str, sifted: Sifted
+) -> dict[str, Any]:
     fields = {f.encode_name: f for f in msgspec.structs.fields(target)}
-    problems = []
+    kept = {}
     for key, value in raw.items():
         where = f"{path}.{key}" if path else str(key)
         field = fields.get(key)
         if field is None:
-            problems.append(f"{where}: unknown field")
-        else:
-            problems += structural(value, field.type, where)
+            sifted.problems.append(f"{where}: unknown field")
+            continue
+        converted = _keep(value, field.type, where, sifted)
+        if converted is not _LEFT_OUT:
+            kept[key] = converted
     for name, field in fields.items():
         if field.required and name not in raw:
-            problems.append(f"{path}.{name}: required" if path else f"{name}: required")
-    return problems
+            where = f"{path}.{name}" if path else name
+            sifted.problems.append(f"{where}: required")
+            sifted.dropped.add(where)
+    return kept
 
 
 def _unoptional(target: Any) -> Any:
@@ -83,11 +115,12 @@ def describe(exc: msgspec.ValidationError, path: str = "") -> str:
     return f"{field}: {what}"
 
 
-def semantic(settings: Settings) -> list[str]:
-    """What the types cannot say, for the top level and each site."""
+def semantic(settings: Settings, dropped: Collection[str] = ()) -> list[str]:
+    """What the types cannot say, for the top level and each site. `dropped`: the fields
+    `sift` left out (defaults stand in for them), which no check compares with another."""
     problems = _url(settings.mqtt.url, "mqtt.url", ("mqtt", "mqtts", "ws", "wss"))
-    problems += _pager(settings.pager, "pager")
-    problems += _sensaphone(settings.sensaphone, "sensaphone")
+    problems += _pager(settings.pager, "pager", dropped)
+    problems += _sensaphone(settings.sensaphone, "sensaphone", dropped)
     problems += _prefix(settings.topic_prefix, "topic_prefix")
     _, sep, port = settings.http.addr.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -97,26 +130,30 @@ def semantic(settings: Settings) -> list[str]:
         for f in settings.mqtt.response_topics
         if not is_filter(f)
     ]
-    if settings.mqtt.reconnect_min > settings.mqtt.reconnect_max:
+    reconnect = {"mqtt.reconnect_min", "mqtt.reconnect_max"}
+    if settings.mqtt.reconnect_min > settings.mqtt.reconnect_max and reconnect.isdisjoint(dropped):
         problems.append("mqtt.reconnect_min: must not exceed mqtt.reconnect_max")
     names: set[str] = set()
     for i, site in enumerate(settings.sites):
         where = f"sites[{i}]"
-        if site.name in names:
-            problems.append(f"{where}.name: {site.name!r} is used by another site")
-        names.add(site.name)
-        problems += _pager(site.pager, f"{where}.pager")
+        if f"{where}.name" not in dropped:
+            if site.name in names:
+                problems.append(f"{where}.name: {site.name!r} is used by another site")
+            names.add(site.name)
+        problems += _pager(site.pager, f"{where}.pager", dropped)
         if site.sensaphone is not None:
-            problems += _sensaphone(site.sensaphone, f"{where}.sensaphone")
+            problems += _sensaphone(site.sensaphone, f"{where}.sensaphone", dropped)
         if site.topic_prefix is not None:
             problems += _prefix(site.topic_prefix, f"{where}.topic_prefix")
     return problems
 
 
-def _pager(pager: PagerSettings, where: str) -> list[str]:
+def _pager(pager: PagerSettings, where: str, dropped: Collection[str]) -> list[str]:
     problems = _url(pager.url, f"{where}.url", ("coap",))
     low, top = pager.min_number, pager.max_number
-    if low > top:
+    # A bound left out is its default, the widest: numbers outside it are wrong whatever
+    # the user meant, but min against max compares a value the user did not write.
+    if low > top and {f"{where}.min_number", f"{where}.max_number"}.isdisjoint(dropped):
         problems.append(f"{where}.min_number: {low} is above max_number ({top})")
     bad = [n for n in pager.numbers if not low <= n <= top]
     if bad:
@@ -124,9 +161,10 @@ def _pager(pager: PagerSettings, where: str) -> list[str]:
     return problems
 
 
-def _sensaphone(sensaphone: SensaphoneSettings, where: str) -> list[str]:
+def _sensaphone(sensaphone: SensaphoneSettings, where: str, dropped: Collection[str]) -> list[str]:
     problems = _url(sensaphone.url, f"{where}.url", ("http", "https"))
-    if not problems and urlsplit(sensaphone.url).scheme == "http" and not sensaphone.allow_insecure:
+    insecure = urlsplit(sensaphone.url).scheme == "http" and not sensaphone.allow_insecure
+    if not problems and insecure and f"{where}.allow_insecure" not in dropped:
         problems.append(
             f"{where}.url: http:// would send the Sensaphone password in clear; use https://, "
             f"or set {where}.allow_insecure: true where that is meant (a simulator, a test rig)"

@@ -76,38 +76,89 @@ def test_a_busy_metrics_port_is_one_line_naming_the_setting() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_run_reads_the_file_named_by_config(tmp_path: Path) -> None:
+    """`run --config FILE` reads FILE, in place of any IOTBRIDGE_CONFIG; the environment's
+    settings still win over the file's."""
+    flagged = tmp_path / "flagged.yaml"
+    flagged.write_text("pager: {timeout: soon}\nmqtt: {url: 'ftp://flagged'}\n", encoding="utf-8")
+    other = tmp_path / "other.yaml"
+    other.write_text("pager: {max_number: lots}\n", encoding="utf-8")
+    url = "mqtt.url: expected mqtt://host or mqtts://host or ws://host or wss://host"
+    done = iotbridge("run", "--config", str(flagged), IOTBRIDGE_CONFIG=str(other))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "iotbridge: configuration: pager.timeout: Expected `float`, got `str`",
+        f"iotbridge: configuration: {url}, got 'ftp://flagged'",
+    ]
+    overridden = iotbridge("run", "--config", str(flagged), IOTBRIDGE_PAGER_TIMEOUT="3")
+    assert overridden.returncode == 2
+    assert overridden.stderr.splitlines() == [
+        f"iotbridge: configuration: {url}, got 'ftp://flagged'"
+    ]
+    missing = tmp_path / "missing.yaml"
+    absent = iotbridge("run", "--config", str(missing), IOTBRIDGE_CONFIG=str(flagged))
+    assert absent.returncode == 2
+    assert absent.stderr.splitlines() == [
+        f"iotbridge: configuration: cannot read {missing}: No such file or directory"
+    ]
+
+
+def test_log_level_decides_what_run_logs() -> None:
+    """The start-up WARNING about a password over mqtt:// shows at the default level and at
+    `--log-level warning`, not at `--log-level error`, whatever IOTBRIDGE_LOG_LEVEL says. A
+    busy metrics port then ends the run, after logging is set up."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            "IOTBRIDGE_HTTP_ADDR": f"127.0.0.1:{taken.getsockname()[1]}",
+            "IOTBRIDGE_MQTT_URL": "mqtt://bridge:hunter22@127.0.0.1:1",
+        }
+        default = iotbridge("run", **env)
+        quiet = iotbridge("run", "--log-level", "error", **env, IOTBRIDGE_LOG_LEVEL="debug")
+        loud = iotbridge("run", "--log-level", "warning", **env, IOTBRIDGE_LOG_LEVEL="error")
+    warning = "WARNING bridge.config [-] insecure: mqtt.url: mqtt:// sends the MQTT password"
+    assert [done.returncode for done in (default, quiet, loud)] == [2, 2, 2]
+    assert warning in default.stderr
+    assert warning in loud.stderr
+    assert "WARNING" not in quiet.stderr
+    assert "http.addr: cannot listen" in quiet.stderr
+
+
 def test_check_config_lists_every_mistake_sites_included(tmp_path: Path) -> None:
+    """Type and value mistakes, top level and every site, in one run: a value check runs on
+    every field that has the right type, whatever is wrong beside it."""
     path = tmp_path / "bad.yaml"
     path.write_text(
+        "mqtt: {url: 'ftp://q', reconnect_min: 40, reconnect_max: soon}\n"
         "pager: {timeout: soon, max_nubmer: 5}\n"
-        "mqtt: {url: 'ftp://x'}\n"
         "sites:\n"
-        "  - {name: north, pager: {url: 'http://10.0.0.1'}}\n"
-        "  - {name: north, sensaphone: {password_file: /nonexistent/pw}}\n"
-        "  - {pager: {timeout: -1}}\n",
+        "  - {name: north, pager: {url: 'http://x'}}\n"
+        "  - {name: south, pager: {timeout: 0, url: 'coap://h:99999'}}\n"
+        "  - {pager: {timeout: -1, numbers: [0]}}\n"
+        "  - {name: north, topic_prefix: 'a/#', sensaphone: {password_file: /nonexistent/pw}}\n",
         encoding="utf-8",
     )
-    done = iotbridge("check-config", "--config", str(path))
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert all(line.startswith("iotbridge: configuration: ") for line in lines), lines
-    text = "\n".join(lines)
-    for expected in (
+    expected = [
+        "sites[3].sensaphone.password_file: cannot read it (No such file or directory)",
+        "mqtt.reconnect_max: Expected `float`, got `str`",
         "pager.timeout: Expected `float`, got `str`",
         "pager.max_nubmer: unknown field",
-        "sites[1].sensaphone.password_file: cannot read it",
+        "sites[1].pager.timeout: Expected `float` > 0.0",
         "sites[2].pager.timeout: Expected `float` > 0.0",
         "sites[2].name: required",
-    ):
-        assert expected in text, text
-    # The types were wrong, so the semantic checks (URLs) wait for the next round.
-    fixed = path.read_text(encoding="utf-8").replace("timeout: soon, max_nubmer: 5", "timeout: 3")
-    fixed = fixed.replace("  - {name: north, sensaphone: {password_file: /nonexistent/pw}}\n", "")
-    path.write_text(fixed.replace("{pager: {timeout: -1}}", "{name: south}"), encoding="utf-8")
-    again = iotbridge("check-config", "--config", str(path))
-    assert again.returncode == 2
-    assert "mqtt.url: expected mqtt://host" in again.stderr
-    assert "sites[0].pager.url: expected coap://host, got 'http://10.0.0.1'" in again.stderr
+        "mqtt.url: expected mqtt://host or mqtts://host or ws://host or wss://host, got 'ftp://q'",
+        "sites[0].pager.url: expected coap://host, got 'http://x'",
+        "sites[1].pager.url: bad port in 'coap://h:99999'",
+        "sites[2].pager.numbers: [0] not between 1 and 65535",
+        "sites[3].name: 'north' is used by another site",
+        "sites[3].topic_prefix: must not contain + # NUL or start with $",
+    ]
+    # Not "reconnect_min must not exceed reconnect_max": the max the user wrote is unreadable.
+    for command in ("check-config", "run"):
+        done = iotbridge(command, "--config", str(path))
+        assert done.returncode == 2, command
+        assert done.stderr.splitlines() == [f"iotbridge: configuration: {e}" for e in expected]
 
 
 def test_check_config_shows_effective_defaults_and_hides_site_passwords(tmp_path: Path) -> None:

@@ -56,6 +56,50 @@ def test_bad_values_name_the_field(env: dict[str, str], message: str) -> None:
     assert "\n" not in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("env", "reported", "unsaid"),
+    [
+        (
+            {"IOTBRIDGE_PAGER_TIMEOUT": "soon", "IOTBRIDGE_PAGER_URL": "http://x"},
+            ["pager.timeout: Expected `float`, got `str`", "pager.url: expected coap://host"],
+            [],
+        ),
+        (
+            {"IOTBRIDGE_MQTT_KEEPALIVE": "1", "IOTBRIDGE_HTTP_ADDR": "nowhere"},
+            ["mqtt.keepalive: Expected `int` >= 5", "http.addr: expected host:port"],
+            [],
+        ),
+        # A check comparing two fields is left out when one of them could not be read.
+        (
+            {"IOTBRIDGE_MQTT_RECONNECT_MIN": "40", "IOTBRIDGE_MQTT_RECONNECT_MAX": "x"},
+            ["mqtt.reconnect_max: Expected `float`, got `str`"],
+            ["reconnect_min"],
+        ),
+        (
+            {"IOTBRIDGE_PAGER_MIN_NUMBER": "9", "IOTBRIDGE_PAGER_MAX_NUMBER": "0"},
+            ["pager.max_number: Expected `int` >= 1"],
+            ["min_number"],
+        ),
+        (
+            {"IOTBRIDGE_SENSAPHONE_URL": "http://s", "IOTBRIDGE_SENSAPHONE_ALLOW_INSECURE": "no?"},
+            ["sensaphone.allow_insecure: Expected `bool`, got `str`"],
+            ["in clear"],
+        ),
+    ],
+)
+def test_type_and_value_mistakes_together(
+    env: dict[str, str], reported: list[str], unsaid: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.load(env)
+    lines = caught.value.message.splitlines()
+    assert len(lines) == len(reported), lines
+    for line, expected in zip(lines, reported, strict=True):
+        assert line.startswith(f"configuration: {expected}"), line
+    for word in unsaid:
+        assert word not in caught.value.message
+
+
 def test_unknown_yaml_field_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("pager:\n  max_nubmer: 5\n")
