@@ -101,3 +101,16 @@ class CircuitOpen(UpstreamUnavailable):
 
 class LinkDown(UpstreamUnavailable):
     """The broker link was closed before the broker acknowledged a publish."""
+
+
+def published_codes() -> tuple[str, ...]:
+    """Every `error.code` a result can carry, in the tree's order (the documented vocabulary:
+    README "Results and error codes", the AsyncAPI document)."""
+    codes: list[str] = []
+    pending: list[type[BridgeError]] = list(BridgeError.__subclasses__())
+    while pending:
+        kind = pending.pop(0)
+        if kind is not ConfigError and kind.code not in codes:
+            codes.append(kind.code)
+        pending[:0] = kind.__subclasses__()
+    return tuple(codes)

@@ -21,6 +21,7 @@ from bridge import __version__
 from bridge.contract.commands import COMMANDS
 from bridge.contract.schema import DOCUMENTS
 from bridge.contract.topics import Topics
+from bridge.errors import published_codes
 
 MQTT_BINDING: Final = "0.2.0"
 _HEADER: Final = (
@@ -124,16 +125,18 @@ CHANNELS: Final = (
     ),
 )
 _RESULT_DOCUMENT: Final = "result.json"
-_DESCRIPTION: Final = """\
+_DESCRIPTION: Final = (
+    """\
 The MQTT interface of iotbridge, a bridge for LRS T7470 guest pagers (CoAP) and Sensaphone.net
 schedules (REST). Every address takes the optional topic prefix (`IOTBRIDGE_TOPIC_PREFIX`):
 `<prefix>/pager/66/action`, `<prefix>/bridge/state`, and so on. Payloads are JSON, QoS 1.
 Every command gets exactly one result on `<command topic>/result`; with MQTT 5 the result also
 goes to the request's Response Topic, with its Correlation Data, when that topic matches
 `mqtt.response_topics` and lies in no namespace the bridge serves or announces. Error codes in
-results: `invalid_topic`, `invalid_payload`, `unknown_action`, `expired`, `overloaded`,
-`upstream_error`, `upstream_timeout`, `upstream_unavailable`, `auth_failed`.
-"""
+results: """
+    + ", ".join(f"`{code}`" for code in published_codes())
+    + ".\n"
+)
 
 
 def render() -> str:
