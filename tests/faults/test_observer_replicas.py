@@ -24,7 +24,11 @@ from tests.faults.tools import BridgeProcess, DurableClient, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
-TAKEOVER_WITHIN = 15.0  # seconds: 3 renewals missed (6 s) + settle (1 s) + Observe and a read
+# The README's bound: no renewal heard for 6 s (3 missed), checked every 0.5 s, then 1 s for the
+# latest claim to settle; a claim shows on the broker by 6.5 s, observation starts by 7.5 s.
+TAKEOVER_WITHIN = 8.0
+# ... and what changed while nobody observed is announced once the new holder has read the list.
+ANNOUNCED_WITHIN = 10.0
 
 
 class Watch:
@@ -103,7 +107,9 @@ async def test_one_event_per_console_change_and_a_takeover_that_misses_nothing(
             pager_sim.console_create(6, label="during the takeover")
             await watch.until(lambda: watch.holder not in (None, holder), TAKEOVER_WITHIN)
             took = time.monotonic() - killed
-            await watch.until(lambda: {(4, "cleared"), (6, "started")} <= set(watch.events), 10)
+            missed = {(4, "cleared"), (6, "started")}
+            await watch.until(lambda: missed <= set(watch.events), ANNOUNCED_WITHIN)
+            announced = time.monotonic() - killed
 
             # After the takeover: one event per change again.
             before = dict(watch.events)
@@ -122,9 +128,11 @@ async def test_one_event_per_console_change_and_a_takeover_that_misses_nothing(
         "observer_replicas",
         replicas=3,
         takeover_s=round(took, 2),
+        announced_s=round(announced, 2),
         duplicates_steady=sum(v - 1 for v in steady.values()),
         duplicates_after=sum(v - 1 for v in after.values()),
     )
     assert all(count == 1 for count in steady.values()), steady
     assert after == {(7, "started"): 1, (5, "cleared"): 1}
     assert took <= TAKEOVER_WITHIN
+    assert announced <= ANNOUNCED_WITHIN
