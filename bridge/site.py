@@ -21,7 +21,7 @@ from bridge.core.breaker import CircuitBreaker
 from bridge.core.dispatch import Dispatcher
 from bridge.core.outbox import Outbound, Outbox, Publish, publisher
 from bridge.core.routing import Request, Router
-from bridge.core.supervise import Health, supervised
+from bridge.core.supervise import Background, Health, supervised
 from bridge.errors import BridgeError
 from bridge.homeassistant.announcer import HomeAssistant
 from bridge.mqtt.link import MqttLink
@@ -115,8 +115,9 @@ class Site:
         self.dispatcher = Dispatcher(
             router, self.link, self._execute, metrics, settings.limits, responses, self._failed
         )
+        # One-shot work after each (re)connect and Home Assistant's birth: contained, counted.
+        self.background = Background(name, metrics)
         self.link.on_connect(self._connected)
-        self._republishing: asyncio.Task[None] | None = None
         self.homeassistant: HomeAssistant | None = None
         if settings.discovery.enabled:
             self.homeassistant = HomeAssistant(
@@ -125,6 +126,7 @@ class Site:
                 self.publish_all,
                 self.pager.tracker.active.keys,
                 limit_reached=metrics.child(metrics.limits_reached, "discovery_seen").inc,
+                background=self.background,
             )
             self.link.watch(self.homeassistant.existing_filter, self.homeassistant.message)
             self.link.watch(self.homeassistant.status_topic, self.homeassistant.message)
@@ -185,15 +187,17 @@ class Site:
         ]
 
     async def _connected(self) -> None:
-        # In a task: the message loop must start at once, however much state there is.
-        self._republishing = asyncio.create_task(self._republish(), name=f"republish-{self.name}")
+        # In tasks: the message loop must start at once, however much state there is. Two of
+        # them, so that one failing cannot hold back the other; the next reconnect does both
+        # again.
+        self.background.start("republish", self._republish)
+        self.background.start("schedule-refresh", self.schedules.refresh)
 
     async def _republish(self) -> None:
         try:
             await self.publish_all(self.pager.tracker.retained())
         except BridgeError as exc:
             log.warning("retained state not republished after reconnect: %s", exc.message)
-        await self.schedules.refresh()
 
     def _publish_claim(
         self, topic: str, payload: bytes, retain: bool, expiry: int | None

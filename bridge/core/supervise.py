@@ -7,6 +7,11 @@ the process. It is logged once per failure with its traceback and the task's nam
 `iotbridge_task_failures_total{task}`, and the task restarts after a backoff (1 s, doubling to
 60 s; back to 1 s after it ran well for a minute). A task that failed three times in a row
 without a good minute in between makes `/readyz` answer 503, naming it.
+
+One-shot work that an event starts (republishing state after a reconnect, announcing to Home
+Assistant) runs under `Background`: the same containment, logging and count, but no restart
+with a backoff, since the event that started it comes again (the next reconnect, Home
+Assistant's next birth message) and does the work anew.
 """
 
 from __future__ import annotations
@@ -76,3 +81,47 @@ async def supervised(
             health.failed(name)
         await asyncio.sleep(delay)
         delay = min(delay * 2, LONGEST_DELAY)
+
+
+class Background:
+    """Starts one site's one-shot tasks and contains their unexpected failures.
+
+    A failure is counted in `iotbridge_task_failures_total{task=<kind>}` and logged: with its
+    traceback the first time for each kind of task and exception, in one line after that (an
+    event that keeps coming, such as Home Assistant's birth message, must not fill the log with
+    tracebacks). The task then ends quietly; it never holds an exception nobody retrieves.
+    """
+
+    def __init__(self, site: str, metrics: Metrics) -> None:
+        self._site = site
+        self._metrics = metrics
+        self._logged: set[tuple[str, str]] = set()  # (kind, exception type) logged in full
+        # asyncio keeps only a weak reference to a task: a running one must be held somewhere.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, kind: str, work: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run `work()` in a task named `<kind>-<site>`; `kind` is the metric label, from a
+        fixed set (`republish`, `schedule-refresh`, `announce`)."""
+        name = f"{kind}-{self._site}" if self._site else kind
+        task = asyncio.create_task(self._contained(name, kind, work), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _contained(self, name: str, kind: str, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._metrics.child(self._metrics.task_failures, kind).inc()
+            key = (kind, type(exc).__name__)
+            if key not in self._logged and len(self._logged) < 64:
+                self._logged.add(key)
+                log.exception("background task %s failed; it runs again when next due", name)
+            else:
+                log.warning(
+                    "background task %s failed again (%s); it runs again when next due",
+                    name,
+                    key[1],
+                )

@@ -11,11 +11,13 @@ SIGINT ignored, and Python's default SIGTERM would leave every child running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bridge.dev.mosquitto import Mosquitto, free_port, port_is_free
@@ -25,6 +27,7 @@ DEMO_SCHEDULES = (
     "'300': {kind: contact_schedule, user_id: 55, contact_id: 66}}"
 )
 DEMO_PASSWORD = "demo-password"  # noqa: S105 - the simulator's built-in demo account
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _child(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -39,6 +42,16 @@ def _stop(signum: int, _frame: object) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
+@contextlib.contextmanager
+def _held() -> Iterator[None]:
+    """A stop signal sent during the block waits for its end (then `_stop` runs as usual)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 def _port(wanted: int, what: str) -> tuple[int, str]:
     """`wanted`, or a free port when it is 0 or taken, with a note saying why it differs."""
     if wanted and port_is_free(wanted):
@@ -51,17 +64,22 @@ def _port(wanted: int, what: str) -> tuple[int, str]:
 
 def run_demo(*, mqtt_port: int = 1883, http_port: int = 9464) -> int:
     """Run until Ctrl-C, SIGTERM or SIGHUP; print how to drive the bridge from any MQTT client."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _stop)
-    mqtt_port, mqtt_note = _port(mqtt_port, "broker")
-    http_port, http_note = _port(http_port, "metrics server")
-    coap_port = free_port()
-    rest_port = free_port()
-    # Save on every change: measured here, with the default once-a-second save a broker crash
-    # lost up to a second of acknowledged commands (docs/reliability.md).
-    broker = Mosquitto(mqtt_port, extra="autosave_on_changes true\n")
+    broker: Mosquitto | None = None
     children: list[subprocess.Popen[bytes]] = []
     try:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _stop)
+        mqtt_port, mqtt_note = _port(mqtt_port, "broker")
+        http_port, http_note = _port(http_port, "metrics server")
+        coap_port = free_port()
+        rest_port = free_port()
+        # The constructor makes the broker's temporary directory: a stop signal is held until
+        # `broker` names it, so that the cleanup below always finds it. (Not around starting a
+        # process: a child would inherit the mask and ignore the SIGTERM that stops it.)
+        with _held():
+            # Save on every change: measured here, with the default once-a-second save a broker
+            # crash lost up to a second of acknowledged commands (docs/reliability.md).
+            broker = Mosquitto(mqtt_port, extra="autosave_on_changes true\n")
         broker.start()
         children += [
             _child("sim", "pager", "--port", str(coap_port), "--ping-interval", "30"),
@@ -80,10 +98,11 @@ def run_demo(*, mqtt_port: int = 1883, http_port: int = 9464) -> int:
         print("a demo process exited; stopping the demo", file=sys.stderr)  # noqa: T201
         return 1
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
         _stop_all(children)
-        broker.cleanup()
+        if broker is not None:
+            broker.cleanup()
 
 
 def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:

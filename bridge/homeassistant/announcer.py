@@ -25,8 +25,10 @@ from bridge import __version__
 from bridge.config import Settings, client_id_or_default
 from bridge.contract.topics import Topics
 from bridge.core.outbox import Outbound, Publish
+from bridge.core.supervise import Background
 from bridge.errors import BridgeError
 from bridge.homeassistant import discovery
+from bridge.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,14 @@ class HomeAssistant:
         publish: Publish,
         active: Callable[[], Collection[int]] = tuple,
         limit_reached: Callable[[], None] = lambda: None,
+        background: Background | None = None,
     ) -> None:
         """`active()`: the pager numbers the bridge tracks as having a session now;
-        `limit_reached()` counts a retained config not remembered (past `SEEN_MAX`)."""
+        `limit_reached()` counts a retained config not remembered (past `SEEN_MAX`);
+        `background` runs each announcement, so that a failure nobody expected is logged and
+        counted, and the next reconnect or birth message announces again."""
         self._limit_reached = limit_reached
+        self._background = background or Background("", Metrics())
         self._settings = settings
         self._topics = topics
         self._publish = publish
@@ -130,7 +136,9 @@ class HomeAssistant:
             retire = retire or self._retiring
             self._task.cancel()
         self._retiring = retire
-        self._task = asyncio.create_task(self._announce(delay, retire=retire))
+        self._task = self._background.start(
+            "announce", lambda: self._announce(delay, retire=retire)
+        )
 
     async def _announce(self, delay: float, *, retire: bool) -> None:
         await asyncio.sleep(delay)

@@ -67,6 +67,27 @@ async def test_bad_input_gets_clear_errors_and_the_bridge_keeps_serving(
     assert peer.on("bridge/deadletter") == []
 
 
+async def test_pager_66_foo_never_reaches_the_bridge(
+    bridge: Bridge, peer: Peer, pager_sim: PagerSimulator
+) -> None:
+    """README: the bridge subscribes to `pager/+/action` and `schedule/+/timerange` only, so a
+    topic such as `pager/66/foo` never reaches it: no result on `pager/66/foo/result` nor on
+    any other topic, no command counted, nothing sent to the transmitter, and the bridge keeps
+    serving. (Sent first: had it been delivered, the command after it would queue behind it on
+    pager 66's lane, and its answer would be in before the next one's.)"""
+    await peer.publish("pager/66/foo", json.dumps({"action": "start", "transaction": "foo-1"}))
+    ok = await peer.request("pager/66/action", {"action": "start"})
+    assert ok["status"] == "ok"
+    assert peer.on("pager/66/foo/result") == []
+    assert "foo-1" not in peer.results
+    assert [m[0] for m in peer.messages if m[0].endswith("/result")] == ["pager/66/action/result"]
+    assert [(n, method) for n, method, _ in pager_sim.received] == [(66, "POST")]
+    body = await http_get(bridge, "/metrics")
+    assert 'iotbridge_commands_total{action="start",outcome="ok",route="pager"} 1.0' in body
+    assert 'outcome="invalid_topic"' not in body
+    assert await http_get(bridge, "/readyz") == "ready\n"
+
+
 async def test_transaction_is_echoed_even_for_invalid_payloads(bridge: Bridge, peer: Peer) -> None:
     await peer.publish("pager/5/action", '{"action":"dance","transaction":"abc-1"}')
     message = await peer.wait_for(lambda m: m[0] == "pager/5/action/result")

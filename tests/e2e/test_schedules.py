@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from bridge.app import Bridge
+from bridge.dev.mosquitto import Mosquitto
 from bridge.sim.sensaphone.server import SensaphoneSimulator
 from tests.support import Peer, http_get
 
@@ -260,3 +262,35 @@ async def test_a_configured_schedule_keeps_its_configured_parent(
     assert same["status"] == "ok"  # naming the configured parent is fine
     reads = sum(n for (_, verb), n in sensaphone.requests.items() if verb == "read")
     assert reads - sum(n for (_, verb), n in before.items() if verb == "read") == 1
+
+
+async def test_configured_schedules_are_read_again_after_a_reconnect(
+    schedule_bridge: Callable[..., AbstractAsyncContextManager[Bridge]],
+    broker: Mosquitto,
+    sensaphone: SensaphoneSimulator,
+) -> None:
+    """A range changed on Sensaphone's side while the bridge was cut off from the broker shows
+    on the retained `schedule/<id>/timeranges` once it is back, with nobody sending `read`."""
+    changed = {"range_id": 90500, "start": "06:00", "end": "07:30", "interval": 65}
+    async with schedule_bridge() as bridge:
+        async with Peer(broker.port) as before:
+            first = await before.wait_for(lambda m: m[0] == "schedule/28487/timeranges")
+        assert [r["range_id"] for r in json.loads(first[1])["timeranges"]] == [58381, 51587]
+        reads = sum(n for (_, verb), n in sensaphone.requests.items() if verb == "read")
+
+        await asyncio.to_thread(broker.stop)
+        sensaphone.store.add_schedule("default_schedule", (1234, 28487), [changed])
+        await asyncio.to_thread(broker.start)
+
+        async with Peer(broker.port) as after:
+            await after.wait_for(
+                lambda m: m[0] == "schedule/28487/timeranges" and b"90500" in m[1], 15
+            )
+            assert bridge.ready
+        async with Peer(broker.port) as late:  # a subscriber that comes later gets it retained
+            message = await late.wait_for(lambda m: m[0] == "schedule/28487/timeranges")
+    assert message[2]
+    [published] = json.loads(message[1])["timeranges"]
+    assert {k: published[k] for k in changed} == changed
+    assert published["interval_decoded"]["days"] == ["sun", "sat"]
+    assert sum(n for (_, verb), n in sensaphone.requests.items() if verb == "read") == reads + 1
