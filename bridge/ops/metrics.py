@@ -120,7 +120,8 @@ class Metrics:
         )
         self.task_failures = Counter(
             "iotbridge_task_failures",
-            "Background tasks that failed unexpectedly and were restarted, by task",
+            "Background work that failed unexpectedly (loops are restarted, one-shot work is "
+            "done again at its next trigger), by task",
             ["task"],
             registry=r,
         )
@@ -235,3 +236,6 @@ class SensaphoneMetrics:
 
     def retry(self, operation: str, reason: str) -> None:
         self._m.upstream_retries.labels("sensaphone", operation, reason).inc()
+
+    def limit_reached(self, limit: str) -> None:
+        self._m.child(self._m.limits_reached, limit).inc()
