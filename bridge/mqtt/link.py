@@ -209,6 +209,7 @@ class MqttLink:
         self._last_failure: str | None = None
         self._stopping = False
         self._pending: dict[int, asyncio.Future[None]] = {}  # our publishes awaiting PUBACK
+        self._pending_topics: dict[int, str] = {}  # their topics, for a refusal's log line
         # Publishes past the broker's Receive Maximum, in order, until PUBACKs make room.
         self._held: deque[Held] = deque()
         self._window = _WINDOW_311
@@ -312,6 +313,7 @@ class MqttLink:
             for waiter in [*self._pending.values(), *(held[4] for held in self._held)]:
                 waiter.cancel()
             self._pending.clear()
+            self._pending_topics.clear()
             self._held.clear()
 
     def _report(self, exc: LinkError) -> None:
@@ -612,13 +614,14 @@ class MqttLink:
     ) -> None:
         self._acks += 1
         waiter = self._pending.pop(mid, None)
+        topic = self._pending_topics.pop(mid, "?")
         if self._held:
             self._release()
         if waiter is None or waiter.done():
             return
         if reason.is_failure:
             self._metrics.child(self._metrics.mqtt_publish_refused, _label(reason)).inc()
-            message = f"the broker refused the publish: {reason} (0x{reason.value:02X})"
+            message = f"the broker refused the publish on {topic}: {reason} (0x{reason.value:02X})"
             log.warning("%s", message)
             waiter.set_exception(PublishRefused(message, detail={"reason_code": reason.value}))
         else:
@@ -786,6 +789,7 @@ class MqttLink:
         """To paho: written at once on a live connection, kept and resent after a reconnect."""
         info = self._client.publish(topic, payload, 1, retain, properties)
         self._pending[info.mid] = waiter
+        self._pending_topics[info.mid] = topic
         if self._driver is not None:
             self._driver.resume_reading()  # its PUBACK must be read
 

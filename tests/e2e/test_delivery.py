@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -110,6 +111,34 @@ async def test_a_result_the_broker_refuses_is_dead_lettered_not_taken_as_deliver
             await asyncio.sleep(0.5)
             assert 'route="pager"' not in await http_get(again, "/metrics")
     assert [r[0] for r in pager_sim.received] == [13, 14]  # carried out once
+
+
+async def test_refused_state_is_logged_and_counted_and_the_result_still_goes_out(
+    tmp_path: Path, pager_sim: PagerSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL refuses the retained session of pager 15 (PUBACK 0x87), not its result. The
+    command was carried out and its result says so; the refused state is no silent success:
+    a WARNING naming the topic and the broker's reason, and the refusal counted."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite #\ntopic deny pager/15/session\n", encoding="utf-8")
+    with Mosquitto(acl_file=str(acl)) as guarded:
+        env = {
+            "mqtt_url": f"mqtt://127.0.0.1:{guarded.port}",
+            "mqtt_client_id": "iotbridge-refused-state",
+            "pager_url": f"coap://127.0.0.1:{pager_sim.port}",
+        }
+        async with Peer(guarded.port) as peer, running(Bridge(settings(**env))) as bridge:
+            result = await peer.request("pager/15/action", {"action": "start"})
+            metrics = await http_get(bridge, "/metrics")
+            assert peer.on("pager/15/session") == []
+            assert peer.on("pager/15/event") != []  # what was allowed went out
+        async with running(Bridge(settings(**env))) as again:
+            await asyncio.sleep(0.5)
+            assert 'route="pager"' not in await http_get(again, "/metrics")  # acknowledged
+    assert result["status"] == "ok"
+    assert 'iotbridge_mqtt_publish_refused_total{reason="not_authorized"} 1.0' in metrics
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("pager/15/session" in w and "0x87" in w for w in warnings), warnings
 
 
 async def test_a_reused_transaction_is_refused_not_answered_with_another_commands_outcome(
