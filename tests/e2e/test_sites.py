@@ -104,9 +104,13 @@ async def test_gauges_are_per_site(
             await peer.request(f"north/pager/{number}/action", {"action": "start"})
         await peer.request("restaurants/south/pager/1/action", {"action": "start"})
         await peer.request("north/pager/1/action", {"action": "start"})  # a refusal: still 3
+        await peer.request("north/pager/2/action", {"action": "clear"})
         metrics = await http_get(bridge, "/metrics")
     for site in ("north", "south"):
         assert sample(metrics, "iotbridge_mqtt_connected", site=site) == 1
         assert sample(metrics, "iotbridge_circuit_state", site=site, upstream="pager") == 0
     assert sample(metrics, "iotbridge_pager_sessions", site="north") == 3
     assert sample(metrics, "iotbridge_pager_sessions", site="south") == 1
+    # Active now, per site: the device's count above never goes down, this one does.
+    assert sample(metrics, "iotbridge_pager_active_sessions", site="north") == 2
+    assert sample(metrics, "iotbridge_pager_active_sessions", site="south") == 1
