@@ -48,6 +48,29 @@ async def test_discovery_lifecycle(bridge_at: BridgeFactory, peer: Peer) -> None
         assert not any("pager_2" in t for t in live)
 
 
+async def test_the_start_button_takes_the_sites_default_goal(
+    bridge_at: BridgeFactory, peer: Peer
+) -> None:
+    """Start sends what its config says to the command topic, and that names no goal nor party
+    size: the transmitter's own defaults apply, so changing `defaultTargetGoal` on the device
+    changes what Start does, with nothing to change in the bridge or in Home Assistant."""
+    env = {"discovery_enabled": "true", "discovery_node": "site-1", "pager_numbers": "4"}
+    start_4 = "homeassistant/button/iotbridge_site-1/pager_4_start/config"
+    async with bridge_at(**env):
+        await peer.wait_for(lambda m: m[0] == start_4)
+        button = json.loads(configs(peer)[start_4])
+        changed = await peer.request(
+            "pager/base/action", {"action": "set_settings", "settings": {"defaultTargetGoal": 900}}
+        )
+        assert changed["status"] == "ok"
+        await peer.publish(button["command_topic"], button["payload_press"])
+        await peer.wait_for(lambda m: m[0] == "pager/4/action/result")
+        session = peer.payloads("pager/4/session")[-1]
+    assert session["state"] == "started"
+    assert session["goalInSeconds"] == 900
+    assert session["partySize"] == 1
+
+
 def emptied(topic: str) -> Callable[[Received], bool]:
     return lambda m: m[0] == topic and m[1] == b""
 

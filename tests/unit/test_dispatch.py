@@ -18,7 +18,7 @@ import pytest
 from bridge.config import LimitSettings, PagerSettings
 from bridge.contract import models
 from bridge.contract.topics import Topics
-from bridge.core.dispatch import Dispatcher, Failed, TokenBucket
+from bridge.core.dispatch import LOG_BUDGET, Dispatcher, Failed, TokenBucket
 from bridge.core.outbox import Outbound, Outbox
 from bridge.core.routing import Request, Router
 from bridge.errors import Overloaded
@@ -410,3 +410,18 @@ async def test_the_ack_waits_for_the_commands_publishes_which_precede_its_result
     session.set_result(None)
     assert await dispatch.drain(1)
     assert len(link.acked) == 1
+
+
+async def test_a_flood_of_bad_input_costs_the_log_a_budget_not_a_line_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One line per failed command, within the site's budget (LOG_BUDGET a minute): 500
+    unreadable commands leave at most that many lines, and each is still answered."""
+    caplog.set_level(logging.INFO, logger="bridge.core.dispatch")
+    dispatch, link, _ = dispatcher(Transmitter())
+    for n in range(500):
+        await dispatch.submit(inbound(f"pager/{n % 50 + 1}/action", b"{not json"))
+    assert await dispatch.drain(1)
+    lines = [r for r in caplog.records if "failed: invalid_payload" in r.getMessage()]
+    assert 0 < len(lines) <= LOG_BUDGET
+    assert len(link.published) == 500
