@@ -118,6 +118,9 @@ class SensaphoneSettings(Section, frozen=True):
     schedules: dict[str, ScheduleParent] = msgspec.field(default_factory=dict)
     # Renew the session this many seconds before Sensaphone says it expires.
     renew_margin: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    # A reply body (decoded) larger than this is read no further and answered `upstream_error`
+    # (a schedule of 1,000 ranges is about 64 KB).
+    max_reply_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 30)] = 4 << 20
 
 
 class HttpSettings(Section, frozen=True):

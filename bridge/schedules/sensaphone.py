@@ -35,7 +35,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import httpx
 import msgspec
@@ -49,7 +49,19 @@ from bridge.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from bridge.schedules.replies import TimeRange, Unusable, ranges_in, read_login
 from bridge.schedules.transport import Envelope, HttpRequest, Result, Transport, refused
+
+__all__ = [
+    "LimitObserver",
+    "LoginKind",
+    "NullObserver",
+    "Operation",
+    "Parent",
+    "SensaphoneClient",
+    "SensaphoneObserver",
+    "TimeRange",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +79,6 @@ _LEVELS: Final = {
     ),
 }
 _METHODS: Final = {"read": "GET", "create": "POST", "update": "PUT", "delete": "DELETE"}
-
-
-class TimeRange(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One timerange. `start`/`end` are passed through unchanged (their format is undocumented)."""
-
-    range_id: int | None = None
-    start: str | None = None
-    end: str | None = None
-    interval: int | None = None
 
 
 class Parent(msgspec.Struct, frozen=True):
@@ -110,6 +113,14 @@ class SensaphoneObserver(Protocol):
     def retry(self, operation: str, reason: str) -> None: ...
 
 
+@runtime_checkable
+class LimitObserver(Protocol):
+    """Optional on a SensaphoneObserver: counts a bound that refused something, by its name
+    (the `limit` label of iotbridge_limits_reached_total: `sensaphone_reply`)."""
+
+    def limit_reached(self, limit: str) -> None: ...
+
+
 class NullObserver:
     def request_done(self, operation: str, outcome: str, seconds: float) -> None:
         pass
@@ -121,17 +132,10 @@ class NullObserver:
         pass
 
 
-class _Login(msgspec.Struct):
-    acctid: int
-    session: str
-    login_timestamp: float
-    session_expiration: float
-
-
 @dataclass(frozen=True)
 class _Session:
-    acctid: int
-    token: str
+    acctid: int | str
+    token: str | int  # as the login reply gave it: sent back unchanged
     renew_at: float  # time.monotonic()
 
 
@@ -140,8 +144,10 @@ class SensaphoneClient:
 
     Each call returns the timerange array the API answered for that schedule (read: all ranges;
     create: the new range(s) with their `range_id`; update: the updated range(s); delete: what
-    the API echoes, possibly empty), and raises the bridge's UpstreamError family or
-    InvalidPayload (missing parent ids, update/delete without a range id).
+    the API echoes, possibly empty), read tolerantly (bridge.schedules.replies: fields nobody
+    documented kept in `TimeRange.extra`), and raises the bridge's UpstreamError family or
+    InvalidPayload (missing parent ids, update/delete without a range id). A read whose reply
+    is unusable raises UpstreamError; a change whose reply is unusable returns [] (logged).
     """
 
     def __init__(
@@ -157,7 +163,9 @@ class SensaphoneClient:
         self._settings = settings
         self._url = settings.url.rstrip("/")
         self._observer: SensaphoneObserver = metrics or NullObserver()
-        self._transport = Transport(settings, client, self._observer.retry, breaker)
+        observer = self._observer
+        on_limit = observer.limit_reached if isinstance(observer, LimitObserver) else _ignore
+        self._transport = Transport(settings, client, observer.retry, breaker, on_limit)
         self._session: _Session | None = None
         self._login_lock = asyncio.Lock()
         self._auth_backoff_range = auth_backoff
@@ -203,7 +211,14 @@ class SensaphoneClient:
             raise
         finally:
             self._observer.request_done(op, outcome, time.monotonic() - started)
-        return _ranges(envelope.response, parent.kind, ids)
+        try:
+            return ranges_in(envelope.response, _LEVELS[parent.kind], ids, strict=op == "read")
+        except Unusable as exc:
+            if op == "read":
+                raise UpstreamError(f"Sensaphone's reply to the read is unusable: {exc}") from None
+            # The change was carried out: an echo we cannot read must not make it an error.
+            log.warning("Sensaphone carried out the %s; its reply is unreadable: %s", op, exc)
+            return []
 
     async def _with_session(
         self,
@@ -234,7 +249,7 @@ class SensaphoneClient:
     ) -> HttpRequest:
         levels = _LEVELS[parent.kind]
         keys = [key for key, _ in levels]
-        fields = msgspec.to_builtins(rng) if rng is not None else None
+        fields = rng.wire() if rng is not None else None
         if self._settings.mode == "uri":
             path = "/".join(f"{key}/{ident}" for key, ident in zip(keys, ids, strict=True))
             url = f"{self._url}/{session.acctid}/{session.token}/{path}/timerange"
@@ -246,8 +261,8 @@ class SensaphoneClient:
         node: dict[str, Any] = {"timerange": tree}
         for (key, id_field), ident in reversed(list(zip(levels, ids, strict=True))):
             node = {key: [{id_field: ident, **node}]}
-        # The seed doc's JSON example says "uuid" where its property table says "session";
-        # the table (and the login reply) name it session, so that is what we send.
+        # The API documentation's JSON example says "uuid" where its property table says
+        # "session"; the table (and the login reply) name it session, so that is what we send.
         auth: dict[str, Any] = {"acctid": session.acctid, "session": session.token}
         return HttpRequest(
             "POST", f"{self._url}/{'/'.join(keys)}/timerange", {**auth, "request_type": op, **node}
@@ -324,11 +339,15 @@ class SensaphoneClient:
 
     def _new_session(self, response: Any) -> _Session:
         try:
-            login = msgspec.convert(response, _Login)
-        except msgspec.ValidationError as exc:
+            login = read_login(response)
+        except Unusable as exc:
             raise UpstreamError(f"Sensaphone login reply is malformed: {exc}") from None
+        if login.session_expiration is None:
+            # No lifetime given: keep the session until Sensaphone answers code 2.
+            return _Session(login.acctid, login.session, float("inf"))
         lifetime = max(login.session_expiration, 0.0)
-        remaining = login.login_timestamp + lifetime - time.time()
+        stamp = login.login_timestamp
+        remaining = lifetime if stamp is None else stamp + lifetime - time.time()
         if not 0 < remaining <= lifetime + 60:
             # Our clock and Sensaphone's disagree by more than the lifetime: trust the lifetime.
             remaining = lifetime
@@ -341,19 +360,8 @@ class SensaphoneClient:
         return await self._transport.exchange(op, request, deadline, idempotent=op != "create")
 
 
-def _ranges(response: Any, kind: str, ids: tuple[int, ...]) -> list[TimeRange]:
-    """The timerange array under our schedule in a reply nested like the request."""
-    node = response
-    for (key, id_field), ident in zip(_LEVELS[kind], ids, strict=True):
-        entries = node.get(key) if isinstance(node, dict) else None
-        matches = [e for e in entries or [] if isinstance(e, dict) and e.get(id_field) == ident]
-        if not matches:
-            return []
-        node = matches[0]
-    try:
-        return msgspec.convert(node.get("timerange") or [], list[TimeRange])
-    except msgspec.ValidationError as exc:
-        raise UpstreamError(f"Sensaphone reply has a malformed timerange: {exc}") from None
+def _ignore(_limit: str) -> None:
+    pass
 
 
 def _outcome(exc: UpstreamError) -> str:

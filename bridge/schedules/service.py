@@ -4,6 +4,11 @@ The schedule's parent (a device's default or device schedule, or a user's contac
 from the command (`device_id`, or `user_id` + `contact_id`) or else from configuration. After each
 successful change the schedule is read back and published, retained, on `schedule/<id>/timeranges`
 with every interval also decoded.
+
+Ranges reach MQTT (the retained state, the result's `timeranges` and `changed`) as Sensaphone
+sent them, fields nobody documented included; only `range_id` and `interval` are numbers even
+when Sensaphone wrote them as text (bridge.schedules.replies). The documented fields are those of
+`models.TimeRangeOut`, whose schema allows others.
 """
 
 from __future__ import annotations
@@ -101,7 +106,7 @@ class ScheduleService:
             case _:
                 raise InvalidPayload(f"not a timerange command: {type(command).__name__}")
         after = await self._read_back(schedule_id, parent, box)
-        data: dict[str, Any] = {"changed": _builtins(created)}
+        data: dict[str, Any] = {"changed": [r.wire() for r in created]}
         if after is not None:
             data["timeranges"] = _ranges_out(after)
         return data
@@ -141,7 +146,7 @@ class ScheduleService:
     async def _announce(
         self, schedule_id: int, ranges: list[TimeRange], box: Outbox | None
     ) -> None:
-        doc = models.ScheduleRanges(schedule_id=schedule_id, timeranges=_ranges_out(ranges))
+        doc = {"schedule_id": schedule_id, "timeranges": _ranges_out(ranges)}
         out = [
             Outbound(self._topics.schedule_ranges(schedule_id), models.ENCODER.encode(doc), True)
         ]
@@ -186,26 +191,22 @@ def _range_of(command: models.CreateRange | models.UpdateRange) -> TimeRange:
     )
 
 
-def _ranges_out(ranges: list[TimeRange]) -> list[models.TimeRangeOut]:
+def _ranges_out(ranges: list[TimeRange]) -> list[dict[str, Any]]:
+    """Each range as sent, plus `interval_decoded` when its interval is a valid bitmap (the
+    contract's name: one Sensaphone might send is replaced, or dropped when ours is absent)."""
     out = []
     for r in ranges:
-        decoded = None
-        if r.interval is not None:
-            try:
-                decoded = decode_interval(r.interval)
-            except BridgeError:
-                decoded = None  # an interval we cannot read is still published as a number
-        out.append(
-            models.TimeRangeOut(
-                range_id=r.range_id,
-                start=r.start,
-                end=r.end,
-                interval=r.interval,
-                interval_decoded=decoded,
-            )
-        )
+        item = r.wire()
+        item.pop("interval_decoded", None)
+        # An interval we cannot read is still published as it came.
+        if r.interval is not None and (decoded := _decoded(r.interval)) is not None:
+            item["interval_decoded"] = msgspec.to_builtins(decoded)
+        out.append(item)
     return out
 
 
-def _builtins(value: object) -> Any:
-    return msgspec.to_builtins(value)
+def _decoded(interval: int) -> Interval | None:
+    try:
+        return decode_interval(interval)
+    except BridgeError:
+        return None

@@ -9,15 +9,19 @@ retried (some only when the request is idempotent) and how long to wait, within 
 deadline: `connect` (connect errors, connect and pool timeouts: the request never left),
 `throttled` (429, with its Retry-After), `timeout` (read/write timeouts), `transport` (other
 transport errors), `server_error` (5xx), `untrusted` (a refused TLS certificate), `error` (an
-answer that is no envelope).
+answer that is no envelope), `too_large` (a body past `sensaphone.max_reply_bytes`: read no
+further, answered `upstream_error`, counted in `iotbridge_limits_reached_total{limit=
+"sensaphone_reply"}`).
 
 A circuit breaker (bridge.core.breaker) sits in front of every attempt: requests that get no answer
 (connect errors, timeouts, broken connections) open it, and while it is open commands fail at once
 with `upstream_unavailable`, unsent and not retried; any HTTP answer closes it.
 
-Mapped errors: no answer in time -> UpstreamTimeout;
-unreachable or 5xx without an envelope -> UpstreamUnavailable; an envelope with
+Mapped errors: no answer in time -> UpstreamTimeout; unreachable or 5xx without an envelope ->
+UpstreamUnavailable; no envelope, or a body past the cap -> UpstreamError; an envelope with
 `success: false` is returned, not raised: the caller decides (code 2 means log in again).
+Envelopes are read tolerantly (`parse_envelope`): a code or a success flag written as text is
+understood, and `response` is kept as sent for bridge.schedules.replies to read.
 """
 
 from __future__ import annotations
@@ -39,16 +43,22 @@ from bridge.core import retry
 from bridge.core.breaker import CircuitBreaker
 from bridge.core.retry import Failure
 from bridge.errors import CircuitOpen, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from bridge.schedules.replies import as_int
+
+_DECODER: Final = msgspec.json.Decoder()
 
 
-class Result(msgspec.Struct):
+class Result(msgspec.Struct, frozen=True):
+    """`result` as read (bridge.schedules.replies): `code` a number when it is one (`"2"` is 2),
+    else the text sent; `message` text."""
+
     success: bool
-    code: int = 0
+    code: int | str = 0
     message: str = ""
 
 
-class Envelope(msgspec.Struct):
-    """Every Sensaphone reply: `{"result": {...}, "response": {...}}`."""
+class Envelope(msgspec.Struct, frozen=True):
+    """Every Sensaphone reply: `{"result": {...}, "response": {...}}`; `response` as sent."""
 
     result: Result
     response: Any = None
@@ -90,12 +100,15 @@ class Transport:
         client: httpx.AsyncClient | None,
         on_retry: Callable[[str, str], None],
         breaker: CircuitBreaker | None = None,
+        on_limit: Callable[[str], None] = lambda _limit: None,
     ) -> None:
+        """`on_limit(name)` counts a bound that refused a reply (`sensaphone_reply`)."""
         self._settings = settings
         self._http = client
         self._owns_http = client is None
         self._on_retry = on_retry
         self._breaker = breaker
+        self._on_limit = on_limit
 
     async def close(self) -> None:
         if self._http is not None and self._owns_http:
@@ -148,10 +161,12 @@ class Transport:
 
     async def _attempt(self, op: str, request: HttpRequest, deadline: float) -> Envelope | Failure:
         timeout = max(0.001, min(self._settings.timeout, deadline - time.monotonic()))
+        cap = self._settings.max_reply_bytes
         try:
-            response = await self._client().request(
+            async with self._client().stream(
                 request.method, request.url, json=request.body, timeout=timeout
-            )
+            ) as response:
+                content = await _read_capped(response, cap)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             if _untrusted(exc):
                 error = UpstreamUnavailable("Sensaphone's TLS certificate is not trusted")
@@ -162,7 +177,12 @@ class Transport:
         except httpx.TransportError as exc:
             what = f"connection failed ({type(exc).__name__})"
             return _failure(UpstreamUnavailable, op, what, "transport")
-        return _classify(op, response)
+        if content is None:
+            self._on_limit("sensaphone_reply")
+            what = f"Sensaphone {op}: reply larger than {cap} bytes (sensaphone.max_reply_bytes)"
+            detail = {"http_status": response.status_code, "limit": cap}
+            return Failure(UpstreamError(what, detail=detail), "too_large")
+        return _classify(op, response, content)
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -184,9 +204,24 @@ class Transport:
 _NO_ANSWER: Final = frozenset({"connect", "untrusted", "timeout", "transport"})
 
 
-def _classify(op: str, response: httpx.Response) -> Envelope | Failure:
+async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
+    """The (decoded) body, or None as soon as it is larger than `cap` bytes: the rest is not
+    read, and leaving the stream closes the connection. A Content-Length past the cap is
+    refused before reading anything."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > cap:
+        return None
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        if len(body) + len(chunk) > cap:
+            return None
+        body += chunk
+    return bytes(body)
+
+
+def _classify(op: str, response: httpx.Response, content: bytes) -> Envelope | Failure:
     """An HTTP answer -> its envelope, or a failure. The status alone is never trusted."""
-    envelope = parse_envelope(response.content)
+    envelope = parse_envelope(content)
     status = response.status_code
     if status == 429:
         delay = _retry_after(response.headers.get("Retry-After"))
@@ -203,10 +238,43 @@ def _classify(op: str, response: httpx.Response) -> Envelope | Failure:
 
 
 def parse_envelope(content: bytes) -> Envelope | None:
+    """The envelope in a reply, read tolerantly, or None when it is none: not a JSON object
+    with a `result` object saying success (`true`/`false`, also as text or 1/0) or, failing
+    that, a numeric `code` (0 is success)."""
     try:
-        return msgspec.json.decode(content, type=Envelope)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        raw = _DECODER.decode(content)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         return None  # RecursionError: nested about 1,000 deep, more than msgspec's stack
+    result = raw.get("result") if isinstance(raw, dict) else None
+    if not isinstance(result, dict):
+        return None
+    raw_code, message = result.get("code"), result.get("message")
+    number = as_int(raw_code)
+    success = _flag(result.get("success"))
+    if success is None:
+        if number is None:
+            return None
+        success = number == 0
+    code: int | str = number if number is not None else 0 if raw_code is None else _text(raw_code)
+    text = "" if message is None else _text(message)
+    return Envelope(Result(success, code, text), raw.get("response"))
+
+
+def _flag(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    return None
+
+
+def _text(value: Any) -> str:
+    """A field passed on in messages: text as sent, anything else as its JSON."""
+    if isinstance(value, str):
+        return value
+    return msgspec.json.encode(value).decode()
 
 
 def refused(op: str, result: Result) -> UpstreamError:

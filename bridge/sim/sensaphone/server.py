@@ -18,7 +18,8 @@ The server is `http.server.ThreadingHTTPServer` (HTTP/1.1 keep-alive) on a backg
 counters are thread-safe and can be changed while it runs. Accounts, sessions, schedules and
 the API's semantics live in `bridge.sim.sensaphone.store`; this module adds HTTP and faults.
 Faults (fail, throttle, stall) apply to timerange requests by default; `target="login"` or
-`"any"` aims them at logins too.
+`"any"` aims them at logins too. `reshape` makes it answer as another Sensaphone might (fields
+as text, fields nobody documented, oversized bodies), for tests of the bridge's tolerance.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import logging
 import socket
 import ssl
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Self
 
@@ -85,6 +87,11 @@ class SensaphoneSimulator:
         self._thread: threading.Thread | None = None
         # Requests received, by (mode, verb), mode json|uri|login, faulted ones included.
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        # Applied to every answer (login and timerange, refusals included; not to injected
+        # faults) before it is sent: takes the envelope as JSON and returns JSON to send, bytes
+        # to send as they are, or an iterable of bytes to stream without a Content-Length (the
+        # end marked by closing the connection). Called on the server's threads.
+        self.reshape: Callable[[dict[str, Any]], Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -253,7 +260,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         status, envelope = self._answer(sim, path, is_login, body_bytes)
         sim.wait(sim.take_fault("stall", is_login) or 0.0)
-        self._reply(status, envelope)
+        reshape = sim.reshape
+        if reshape is None:
+            self._reply(status, envelope)
+            return
+        shaped = reshape(msgspec.json.decode(envelope))
+        if isinstance(shaped, bytes):
+            self._reply(status, shaped)
+        elif isinstance(shaped, dict | list):
+            self._reply(status, msgspec.json.encode(shaped))
+        else:
+            self._stream(status, shaped)
 
     def _label(
         self, sim: SensaphoneSimulator, path: str, is_login: bool, raw: bytes
@@ -300,6 +317,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _stream(self, status: int, chunks: Iterable[bytes]) -> None:
+        """A body of unannounced length: no Content-Length, the connection closed after it."""
+        self.close_connection = True
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the client hung up: stop writing
+            for chunk in chunks:
+                if self.server.sim._stopping.is_set():  # noqa: SLF001 - see _reply
+                    return
+                self.wfile.write(chunk)
 
 
 def _body(raw: bytes) -> dict[str, Any]:

@@ -44,7 +44,8 @@ class SimError(Exception):
 
 
 def default_schedules() -> dict[ScheduleKey, list[dict[str, Any]]]:
-    """The seed doc's example schedule, plus a device schedule and a contact schedule."""
+    """The schedule of the Sensaphone.net API documentation's read example (ids 1234, 28487,
+    ranges 58381 and 51587; its times are "..TBD.."), plus a device and a contact schedule."""
     return {
         ("default_schedule", (1234, 28487)): [
             {"range_id": 58381, "start": "08:00", "end": "17:00", "interval": 127},
@@ -112,7 +113,8 @@ class SensaphoneStore:
         verb = body.get("request_type")
         if verb not in VERBS:
             raise SimError(1, "Invalid request: request_type must be create|read|update|delete")
-        # The seed doc's example says "uuid" where its property table says "session".
+        # The API documentation's JSON example says "uuid" where its property table says
+        # "session": both are accepted.
         self._check_session(body.get("acctid"), body.get("session", body.get("uuid")))
         return _walk_json(self, kind, str(verb), body)
 
