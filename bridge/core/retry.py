@@ -10,6 +10,11 @@ Sensaphone, HTTPS (`SENSAPHONE`)
     never: those on a create; a refused certificate; an answer that is no envelope; an open circuit
     wait before retry n: as the pager's, at most 5 s; after a 429 its Retry-After + up to 10 %
     gives up: when the retry would start after the command's deadline (`sensaphone.deadline`)
+Sensaphone login refused (`LOGIN_REFUSED`)
+    not a retry but a pause: wrong credentials stay wrong, and asking again and again may lock
+    the account. After a refused login no login is tried for 5 s, doubling with each further
+    refusal up to 60 s (no jitter: one client, one account); meanwhile schedule commands are
+    answered `auth_failed` at once. A login that succeeds ends the pause.
 MQTT broker (`reconnect`, handed to `bridge.mqtt.link.MqttLink` by the site)
     retried: every lost or refused connection, until `stop()`
     wait before reconnect n: uniform(reconnect_min, min(reconnect_max, reconnect_min * 2**(n-1))),
@@ -111,6 +116,9 @@ class Policy:
             return self.backoff.delay(retry)
         return server_delay + _random.uniform(0, server_delay * self.server_jitter)
 
+
+# Seconds without a login attempt after the n-th refused login in a row (see the docstring).
+LOGIN_REFUSED: Final = Backoff(initial=5.0, maximum=60.0, jitter=0.0)
 
 PAGER: Final = Policy(
     upstream="pager",

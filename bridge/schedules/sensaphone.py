@@ -3,8 +3,9 @@
 Session: logs in on first use (`POST {url}/login`), shares one login between concurrent commands
 (a lock, re-checked after waiting), renews it `renew_margin` seconds before
 `login_timestamp + session_expiration`, and on result code 2 (session expired) logs in again once
-and retries the request once. A refused login raises AuthFailed and blocks further logins for an
-exponential backoff (5 s doubling to 60 s); meanwhile commands fail fast with AuthFailed.
+and retries the request once. A refused login raises AuthFailed and blocks further logins for
+the pause `bridge.core.retry.LOGIN_REFUSED` states (5 s doubling to 60 s); meanwhile commands fail
+fast with AuthFailed.
 
 Request shapes (`settings.mode`):
 
@@ -42,6 +43,7 @@ import msgspec
 
 from bridge.config import ScheduleParent, SensaphoneSettings
 from bridge.core.breaker import CircuitBreaker
+from bridge.core.retry import LOGIN_REFUSED, Backoff
 from bridge.errors import (
     AuthFailed,
     InvalidPayload,
@@ -156,7 +158,7 @@ class SensaphoneClient:
         *,
         client: httpx.AsyncClient | None = None,
         metrics: SensaphoneObserver | None = None,
-        auth_backoff: tuple[float, float] = (5.0, 60.0),
+        auth_backoff: Backoff = LOGIN_REFUSED,
         breaker: CircuitBreaker | None = None,
     ) -> None:
         """`breaker`: fail fast while Sensaphone does not answer (bridge.core.breaker)."""
@@ -168,7 +170,8 @@ class SensaphoneClient:
         self._transport = Transport(settings, client, observer.retry, breaker, on_limit)
         self._session: _Session | None = None
         self._login_lock = asyncio.Lock()
-        self._auth_backoff_range = auth_backoff
+        self._auth_pause = auth_backoff
+        self._auth_refusals = 0  # refused logins in a row
         self._auth_backoff = 0.0
         self._auth_blocked_until = 0.0
 
@@ -315,13 +318,13 @@ class SensaphoneClient:
         finally:
             self._observer.request_done("login", outcome, time.monotonic() - started)
             self._observer.login(kind, outcome == "ok")
-        self._session, self._auth_backoff = session, 0.0
+        self._session, self._auth_refusals = session, 0
         log.info("Logged in to Sensaphone (%s)", kind)
         return session
 
     def _auth_refused(self, result: Result) -> AuthFailed:
-        low, high = self._auth_backoff_range
-        self._auth_backoff = min(high, self._auth_backoff * 2) if self._auth_backoff else low
+        self._auth_refusals += 1
+        self._auth_backoff = self._auth_pause.delay(self._auth_refusals)
         self._auth_blocked_until = time.monotonic() + self._auth_backoff
         self._session = None
         log.warning(

@@ -17,6 +17,7 @@ import trustme
 
 from bridge.config import SensaphoneSettings
 from bridge.core.breaker import CircuitBreaker
+from bridge.core.retry import Backoff
 from bridge.errors import AuthFailed, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from bridge.ops.metrics import Metrics
 from bridge.schedules.sensaphone import Parent, SensaphoneClient, TimeRange
@@ -67,7 +68,8 @@ async def make_client(sim: SensaphoneSimulator, recorder: Recorder) -> AsyncIter
     clients: list[SensaphoneClient] = []
 
     def make(**overrides: Any) -> SensaphoneClient:
-        backoff = overrides.pop("auth_backoff", (5.0, 60.0))
+        first, longest = overrides.pop("auth_backoff", (5.0, 60.0))
+        backoff = Backoff(initial=first, maximum=longest, jitter=0.0)
         fields: dict[str, Any] = {
             "url": sim.url,
             "user": "demo",
