@@ -7,7 +7,8 @@ pager, CoAP (`PAGER`)
     gives up: when the retry would start after `pager.deadline` (counted from the request)
 Sensaphone, HTTPS (`SENSAPHONE`)
     retried: connect errors and 429, always; timeouts, broken connections and 5xx unless a create
-    never: those on a create; a refused certificate; an answer that is no envelope; an open circuit
+    never: those on a create; a refused certificate; an answer that is no envelope; an open circuit;
+        a reply over `sensaphone.max_reply_bytes` (asking again gets the same)
     wait before retry n: as the pager's, at most 5 s; after a 429 its Retry-After + up to 10 %
     gives up: when the retry would start after the command's deadline (`sensaphone.deadline`)
 Sensaphone login refused (`LOGIN_REFUSED`)
