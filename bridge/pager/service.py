@@ -22,6 +22,7 @@ import msgspec
 from bridge.coap.client import CoapReply
 from bridge.config import PagerSettings
 from bridge.contract import models, t7470
+from bridge.contract.lenient import as_number
 from bridge.contract.topics import Topics
 from bridge.core import retry
 from bridge.core.breaker import CircuitBreaker
@@ -37,7 +38,7 @@ from bridge.errors import (
 from bridge.ops.metrics import Metrics
 from bridge.pager import t7470_read
 from bridge.pager.observer import ObserverClaim
-from bridge.pager.t7470_read import Reply, Session, as_number
+from bridge.pager.t7470_read import Reply, Session
 from bridge.pager.tracking import SessionTracker
 
 log = logging.getLogger(__name__)

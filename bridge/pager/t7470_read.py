@@ -23,6 +23,8 @@ from typing import Any, Final
 
 import msgspec
 
+from bridge.contract.lenient import as_int
+
 _DECODER: Final = msgspec.json.Decoder()
 # A session's fields the tracker compares to tell an update from no change.
 COMPARED: Final = ("label", "goalInSeconds", "partySize")
@@ -30,38 +32,6 @@ COMPARED: Final = ("label", "goalInSeconds", "partySize")
 
 class Unreadable(ValueError):
     """The reply is not a JSON object at all (nor empty)."""
-
-
-def as_int(value: Any) -> int | None:
-    """An integer, or a number written as text ("66", "66.0"); anything else is None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = float(text)
-        except ValueError:
-            return None
-        return int(number) if number.is_integer() else None
-    return None
-
-
-def as_number(value: Any) -> float | None:
-    """A number, or a number written as text; anything else (booleans included) is None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
 
 
 def _text(value: Any) -> str | None:

@@ -25,53 +25,21 @@ caller logs it instead: what a reply echoes never turns a change carried out int
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
 
+from bridge.contract.lenient import as_int, as_number
+
 # Each documented timerange field that the bridge reads as a typed value.
 _NUMBERS: Final = ("range_id", "interval")
 _TEXTS: Final = ("start", "end")
-_INTEGER: Final = re.compile(r"[+-]?[0-9]+")
 Levels = tuple[tuple[str, str], ...]  # (array key, id field) of each parent, outermost first
 
 
 class Unusable(ValueError):
     """A reply lacks, or garbles, what the bridge needs from it."""
-
-
-def as_int(value: Any) -> int | None:
-    """An integer, or one written as text ("58381", "58381.0"); anything else is None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if _INTEGER.fullmatch(text):
-            return int(text)  # exactly, however long: float() would round it
-        try:
-            number = float(text)
-        except ValueError:
-            return None
-        return int(number) if number.is_integer() else None
-    return None
-
-
-def as_number(value: Any) -> float | None:
-    """A finite number, or one written as text; anything else (booleans included) is None."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 class TimeRange(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -39,11 +39,11 @@ import httpx
 import msgspec
 
 from bridge.config import SensaphoneSettings
+from bridge.contract.lenient import as_int
 from bridge.core import retry
 from bridge.core.breaker import CircuitBreaker
 from bridge.core.retry import Failure
 from bridge.errors import CircuitOpen, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from bridge.schedules.replies import as_int
 
 _DECODER: Final = msgspec.json.Decoder()
 
