@@ -157,25 +157,11 @@ class Dispatcher:
             self._spawn(self._answer_invalid(inbound, self._unreadable(inbound.topic, exc)))
             return
         lane = self._lanes.get(request.key)
-        refusal = None
-        if inbound.dup:
-            # The broker delivers again what it delivered before (a reconnect): admitted past
-            # the rate and the lane's depth, so it meets its first delivery in the lane and
-            # gets that outcome, never a second, different one. The broker's own window bounds
-            # how many come back; `max_queued` still holds.
-            pass
-        elif not self._bucket.take():
-            self._reached("rate")
-            refusal = Overloaded(
-                f"this site takes at most {self._limits.rate:g} commands a second "
-                f"(bursts of {self._limits.burst}); try again later"
-            )
-        elif lane is not None and len(lane) >= self._limits.lane_depth:
-            self._reached("lane_depth")
-            refusal = Overloaded(
-                f"{len(lane)} commands already wait for {_lane_name(request.key)} "
-                f"(limits.lane_depth); try again once they are answered"
-            )
+        # The broker delivers again (DUP) what it delivered before a reconnect: admitted past
+        # the rate and the lane's depth, so it meets its first delivery in the lane and gets
+        # that outcome, never a second, different one. The broker's window bounds how many
+        # come back; `max_queued` still holds.
+        refusal = None if inbound.dup else self._admission(request.key, lane)
         if refusal is not None:
             self._spawn(self._shed_request(inbound, request, refusal))
         elif lane is not None:
@@ -184,6 +170,25 @@ class Dispatcher:
             self._lanes[request.key] = deque([(inbound, request)])
             self._ready.append(request.key)
             self._pump()
+
+    def _admission(
+        self, key: tuple[str, int], lane: deque[tuple[Inbound, Request]] | None
+    ) -> Overloaded | None:
+        """Why a new command may not join `key`'s lane now (the site's rate, the lane's
+        depth), or None."""
+        if not self._bucket.take():
+            self._reached("rate")
+            return Overloaded(
+                f"this site takes at most {self._limits.rate:g} commands a second "
+                f"(bursts of {self._limits.burst}); try again later"
+            )
+        if lane is not None and len(lane) >= self._limits.lane_depth:
+            self._reached("lane_depth")
+            return Overloaded(
+                f"{len(lane)} commands already wait for {_lane_name(key)} "
+                f"(limits.lane_depth); try again once they are answered"
+            )
+        return None
 
     def shed(self, inbound: Inbound) -> None:
         """Answer `overloaded`, at once and at QoS 0, to a QoS 0 command the link will not
