@@ -1,17 +1,21 @@
 """Adapter-tier fixtures: a T7470 simulator on a free loopback UDP port and a client for it.
 
-Also `call` and `only`, the helpers the simulator tests speak through.
+Also `call` and `only`, the helpers the simulator tests speak through, and `sensaphone_clients`,
+the Sensaphone client factory of the Sensaphone adapter tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 import pytest
 
 from bridge.coap.client import Transmitter
+from bridge.config import SensaphoneSettings
+from bridge.schedules.sensaphone import SensaphoneClient
 from bridge.sim.pager.server import PagerSimulator
 from tests.support import started_sim
 
@@ -55,3 +59,34 @@ def only(body: Any) -> dict[str, Any]:
     sessions = body["sessions"]
     assert len(sessions) == 1
     return dict(sessions[0])
+
+
+SENSAPHONE_PASSWORD = "demo-password"  # the simulator's demo account
+MakeClient = Callable[..., SensaphoneClient]
+
+
+@contextlib.asynccontextmanager
+async def sensaphone_clients(url: str, **options: Any) -> AsyncIterator[MakeClient]:
+    """A factory of Sensaphone clients on `url` (the demo account, short timeouts; any setting
+    overridden by keyword), each built with `options` and then `more` (metrics, auth_backoff,
+    ...); all are closed afterwards."""
+    clients: list[SensaphoneClient] = []
+
+    def make(more: dict[str, Any] | None = None, /, **overrides: Any) -> SensaphoneClient:
+        fields: dict[str, Any] = {
+            "url": url,
+            "user": "demo",
+            "password": SENSAPHONE_PASSWORD,
+            "timeout": 2.0,
+            "deadline": 5.0,
+            **overrides,
+        }
+        client = SensaphoneClient(SensaphoneSettings(**fields), **(options | (more or {})))
+        clients.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            await client.close()

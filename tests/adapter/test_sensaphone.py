@@ -6,7 +6,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from bridge.errors import AuthFailed, UpstreamError, UpstreamTimeout, UpstreamUn
 from bridge.ops.metrics import Metrics
 from bridge.schedules.sensaphone import Parent, SensaphoneClient, TimeRange
 from bridge.sim.sensaphone.server import SensaphoneSimulator
+from tests.adapter.conftest import SENSAPHONE_PASSWORD, MakeClient, sensaphone_clients
 
-PASSWORD = "demo-password"
+PASSWORD = SENSAPHONE_PASSWORD
 DEVICE = Parent("default_schedule", device_id=1234)
 CONTACT = Parent("contact_schedule", user_id=55, contact_id=66)
 SCHEDULES = [(28487, DEVICE), (300, CONTACT), (500, Parent("device_schedule", device_id=1234))]
@@ -48,9 +49,6 @@ class Recorder:
         self.retries.append((operation, reason))
 
 
-MakeClient = Callable[..., SensaphoneClient]
-
-
 @pytest.fixture
 def sim() -> Iterator[SensaphoneSimulator]:
     with SensaphoneSimulator() as simulator:
@@ -64,28 +62,16 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 async def make_client(sim: SensaphoneSimulator, recorder: Recorder) -> AsyncIterator[MakeClient]:
-    """Build clients on `sim` (override any setting by keyword); all are closed afterwards."""
-    clients: list[SensaphoneClient] = []
+    """Build clients on `sim` (override any setting by keyword, `auth_backoff` as (first,
+    longest) seconds); all are closed afterwards."""
+    async with sensaphone_clients(sim.url, metrics=recorder) as make:
 
-    def make(**overrides: Any) -> SensaphoneClient:
-        first, longest = overrides.pop("auth_backoff", (5.0, 60.0))
-        backoff = Backoff(initial=first, maximum=longest, jitter=0.0)
-        fields: dict[str, Any] = {
-            "url": sim.url,
-            "user": "demo",
-            "password": PASSWORD,
-            "timeout": 2.0,
-            "deadline": 5.0,
-            **overrides,
-        }
-        settings = SensaphoneSettings(**fields)
-        client = SensaphoneClient(settings, metrics=recorder, auth_backoff=backoff)
-        clients.append(client)
-        return client
+        def make_with(**overrides: Any) -> SensaphoneClient:
+            first, longest = overrides.pop("auth_backoff", (5.0, 60.0))
+            backoff = Backoff(initial=first, maximum=longest, jitter=0.0)
+            return make({"auth_backoff": backoff}, **overrides)
 
-    yield make
-    for client in clients:
-        await client.close()
+        yield make_with
 
 
 @pytest.fixture(scope="module")

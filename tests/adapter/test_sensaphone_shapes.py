@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from bridge.config import SensaphoneSettings
 from bridge.errors import UpstreamError
 from bridge.ops.metrics import Metrics
-from bridge.schedules.sensaphone import Parent, SensaphoneClient, TimeRange
+from bridge.schedules.sensaphone import Parent, TimeRange
 from bridge.sim.sensaphone.server import SensaphoneSimulator
+from tests.adapter.conftest import SENSAPHONE_PASSWORD, MakeClient, sensaphone_clients
 
-PASSWORD = "demo-password"
+PASSWORD = SENSAPHONE_PASSWORD
 DEVICE = Parent("default_schedule", device_id=1234)
 CONTACT = Parent("contact_schedule", user_id=55, contact_id=66)
 IDS = ("acctid", "device_id", "user_id", "contact_id", "schedule_id", "range_id")
@@ -60,9 +60,6 @@ def other(value: Any) -> Any:
     return shaped
 
 
-MakeClient = Callable[..., SensaphoneClient]
-
-
 @pytest.fixture
 def sim() -> Iterator[SensaphoneSimulator]:
     with SensaphoneSimulator() as simulator:
@@ -77,26 +74,8 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 async def make_client(sim: SensaphoneSimulator, metrics: Metrics) -> AsyncIterator[MakeClient]:
-    clients: list[SensaphoneClient] = []
-
-    def make(**overrides: Any) -> SensaphoneClient:
-        fields: dict[str, Any] = {
-            "url": sim.url,
-            "user": "demo",
-            "password": PASSWORD,
-            "timeout": 2.0,
-            "deadline": 5.0,
-            **overrides,
-        }
-        client = SensaphoneClient(
-            SensaphoneSettings(**fields), metrics=metrics.sensaphone_observer()
-        )
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
+    async with sensaphone_clients(sim.url, metrics=metrics.sensaphone_observer()) as make:
+        yield make
 
 
 def limit_count(metrics: Metrics) -> float | None:
