@@ -11,6 +11,7 @@ from bridge.app import Bridge
 from bridge.config import Settings
 from bridge.dev.mosquitto import Mosquitto
 from bridge.sim.pager.server import PagerSimulator
+from bridge.sim.sensaphone.server import SensaphoneSimulator
 from tests.support import Peer, running, settings, started_sim
 
 pytestmark = pytest.mark.broker
@@ -60,3 +61,17 @@ async def bridge(bridge_at: BridgeFactory) -> AsyncIterator[Bridge]:
 async def peer(broker: Mosquitto) -> AsyncIterator[Peer]:
     async with Peer(broker.port) as client:
         yield client
+
+
+def sensaphone_env(sim: SensaphoneSimulator, **env: str) -> dict[str, str]:
+    """Settings (as `bridge_at` takes them) for a bridge on `sim`'s demo account, with schedule
+    28487 configured on device 1234; `env` overrides any."""
+    base = {
+        "sensaphone_url": sim.url,
+        "sensaphone_allow_insecure": "true",  # the simulator, over plain HTTP
+        "sensaphone_user": "demo",
+        "sensaphone_password": "demo-password",
+        "sensaphone_schedules": "{'28487': {kind: default_schedule, device_id: 1234}}",
+        "sensaphone_deadline": "5",
+    }
+    return base | env

@@ -14,12 +14,12 @@ import pytest
 from bridge.app import Bridge
 from bridge.dev.mosquitto import Mosquitto
 from bridge.sim.sensaphone.server import SensaphoneSimulator
+from tests.e2e.conftest import sensaphone_env
 from tests.support import Peer, http_get
 
 pytestmark = pytest.mark.broker
 
 PASSWORD = "demo-password"
-SCHEDULES = "{'28487': {kind: default_schedule, device_id: 1234}}"
 
 
 @pytest.fixture
@@ -40,16 +40,7 @@ def schedule_bridge(
     mode: str,
 ) -> Callable[..., AbstractAsyncContextManager[Bridge]]:
     def make(**env: str) -> AbstractAsyncContextManager[Bridge]:
-        base = {
-            "sensaphone_url": sensaphone.url,
-            "sensaphone_allow_insecure": "true",  # the simulator, over plain HTTP
-            "sensaphone_user": "demo",
-            "sensaphone_password": PASSWORD,
-            "sensaphone_mode": mode,
-            "sensaphone_schedules": SCHEDULES,
-            "sensaphone_deadline": "5",
-        }
-        return bridge_at(**(base | env))
+        return bridge_at(**sensaphone_env(sensaphone, sensaphone_mode=mode, **env))
 
     return make
 

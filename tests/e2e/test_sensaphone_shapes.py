@@ -14,7 +14,8 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.sim.sensaphone.server import SensaphoneSimulator
-from tests.adapter.test_sensaphone_shapes import EXTRA, PASSWORD, other, padded
+from tests.adapter.test_sensaphone_shapes import EXTRA, other, padded
+from tests.e2e.conftest import sensaphone_env
 from tests.support import Peer, http_get
 
 pytestmark = pytest.mark.broker
@@ -38,15 +39,7 @@ def schedule_bridge(
     bridge_at: Callable[..., AbstractAsyncContextManager[Bridge]], sensaphone: SensaphoneSimulator
 ) -> Callable[..., AbstractAsyncContextManager[Bridge]]:
     def make(**env: str) -> AbstractAsyncContextManager[Bridge]:
-        base = {
-            "sensaphone_url": sensaphone.url,
-            "sensaphone_allow_insecure": "true",  # the simulator, over plain HTTP
-            "sensaphone_user": "demo",
-            "sensaphone_password": PASSWORD,
-            "sensaphone_schedules": "{'28487': {kind: default_schedule, device_id: 1234}}",
-            "sensaphone_deadline": "5",
-        }
-        return bridge_at(**(base | env))
+        return bridge_at(**sensaphone_env(sensaphone, **env))
 
     return make
 
