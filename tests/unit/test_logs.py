@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 from bridge.ops import logs
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    yield None
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
 
 
 def test_json_lines_carry_the_correlation_id_and_no_secret(

@@ -4,22 +4,12 @@ settings, and every site's password is hidden from the logs and from check-confi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bridge import config
 from bridge.ops import logs
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    yield None
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
 
 
 @pytest.fixture
