@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,20 +82,35 @@ async def test_retained_state_is_republished_after_the_broker_lost_it(
         fresh.cleanup()
 
 
+@contextlib.contextmanager
+def refusing(
+    tmp_path: Path, topic: str, pager_sim: PagerSimulator, client_id: str
+) -> Iterator[tuple[Mosquitto, dict[str, str]]]:
+    """A broker whose ACL refuses `topic` to everyone (PUBACK 0x87 under MQTT 5), and the
+    settings of a bridge on it."""
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic readwrite #\ntopic deny {topic}\n", encoding="utf-8")
+    with Mosquitto(acl_file=str(acl)) as guarded:
+        yield (
+            guarded,
+            {
+                "mqtt_url": f"mqtt://127.0.0.1:{guarded.port}",
+                "mqtt_client_id": client_id,
+                "pager_url": f"coap://127.0.0.1:{pager_sim.port}",
+            },
+        )
+
+
 async def test_a_result_the_broker_refuses_is_dead_lettered_not_taken_as_delivered(
     tmp_path: Path, pager_sim: PagerSimulator
 ) -> None:
     """An ACL refuses the bridge's result topic for pager 13 (MQTT 5 PUBACK 0x87). The command
     ran, but nobody can see its result: it is parked on bridge/deadletter with the broker's
     reason, counted, and only then acknowledged, so it is not redelivered for ever."""
-    acl = tmp_path / "acl"
-    acl.write_text("topic readwrite #\ntopic deny pager/13/action/result\n", encoding="utf-8")
-    with Mosquitto(acl_file=str(acl)) as guarded:
-        env = {
-            "mqtt_url": f"mqtt://127.0.0.1:{guarded.port}",
-            "mqtt_client_id": "iotbridge-refused",
-            "pager_url": f"coap://127.0.0.1:{pager_sim.port}",
-        }
+    with refusing(tmp_path, "pager/13/action/result", pager_sim, "iotbridge-refused") as (
+        guarded,
+        env,
+    ):
         async with Peer(guarded.port) as peer, running(Bridge(settings(**env))) as bridge:
             await peer.publish(
                 "pager/13/action", json.dumps({"action": "alert", "transaction": "x"})
@@ -119,14 +136,10 @@ async def test_refused_state_is_logged_and_counted_and_the_result_still_goes_out
     """An ACL refuses the retained session of pager 15 (PUBACK 0x87), not its result. The
     command was carried out and its result says so; the refused state is no silent success:
     a WARNING naming the topic and the broker's reason, and the refusal counted."""
-    acl = tmp_path / "acl"
-    acl.write_text("topic readwrite #\ntopic deny pager/15/session\n", encoding="utf-8")
-    with Mosquitto(acl_file=str(acl)) as guarded:
-        env = {
-            "mqtt_url": f"mqtt://127.0.0.1:{guarded.port}",
-            "mqtt_client_id": "iotbridge-refused-state",
-            "pager_url": f"coap://127.0.0.1:{pager_sim.port}",
-        }
+    with refusing(tmp_path, "pager/15/session", pager_sim, "iotbridge-refused-state") as (
+        guarded,
+        env,
+    ):
         async with Peer(guarded.port) as peer, running(Bridge(settings(**env))) as bridge:
             result = await peer.request("pager/15/action", {"action": "start"})
             metrics = await http_get(bridge, "/metrics")
