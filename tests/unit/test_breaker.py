@@ -93,6 +93,13 @@ def test_opens_after_failures_in_a_row(breaker: CircuitBreaker, metrics: Metrics
     assert transitions(metrics, "open") == 1
 
 
+def probe(breaker: CircuitBreaker, clock: Clock) -> None:
+    """Open the circuit, let its cooldown pass, and send the one probe it lets through."""
+    open_circuit(breaker)
+    clock.now += COOLDOWN
+    breaker.before()
+
+
 def test_fails_fast_while_open(breaker: CircuitBreaker, clock: Clock) -> None:
     open_circuit(breaker)
     with pytest.raises(CircuitOpen, match=r"circuit open .*next attempt in 5\.0 s") as raised:
@@ -110,9 +117,7 @@ def test_fails_fast_while_open(breaker: CircuitBreaker, clock: Clock) -> None:
 def test_one_probe_after_the_cooldown(
     breaker: CircuitBreaker, clock: Clock, metrics: Metrics
 ) -> None:
-    open_circuit(breaker)
-    clock.now += COOLDOWN
-    breaker.before()  # the probe
+    probe(breaker, clock)
     assert state(breaker) == "half_open"
     assert gauge(metrics) == 2
     breaker.recheck()  # the probe itself is not refused when its turn comes
@@ -125,9 +130,7 @@ def test_one_probe_after_the_cooldown(
 def test_a_successful_probe_closes_the_circuit(
     breaker: CircuitBreaker, clock: Clock, metrics: Metrics
 ) -> None:
-    open_circuit(breaker)
-    clock.now += COOLDOWN
-    breaker.before()
+    probe(breaker, clock)
     breaker.success()
     assert state(breaker) == "closed"
     assert gauge(metrics) == 0
@@ -142,9 +145,7 @@ def test_a_successful_probe_closes_the_circuit(
 def test_a_failed_probe_reopens_for_another_cooldown(
     breaker: CircuitBreaker, clock: Clock, metrics: Metrics
 ) -> None:
-    open_circuit(breaker)
-    clock.now += COOLDOWN
-    breaker.before()
+    probe(breaker, clock)
     breaker.failure()  # one failure is enough while half-open
     assert state(breaker) == "open"
     assert gauge(metrics) == 1
@@ -163,9 +164,7 @@ def test_a_released_probe_lets_the_next_request_probe(
 ) -> None:
     """A probe that ended without an answer either way (cancelled) neither closes nor
     reopens the circuit, and does not block the next probe."""
-    open_circuit(breaker)
-    clock.now += COOLDOWN
-    breaker.before()
+    probe(breaker, clock)
     breaker.release()
     assert state(breaker) == "half_open"
     breaker.before()  # the next probe
