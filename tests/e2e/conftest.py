@@ -63,15 +63,17 @@ async def peer(broker: Mosquitto) -> AsyncIterator[Peer]:
         yield client
 
 
+# Schedule 28487 on device 1234, as `sensaphone.schedules` takes it.
+SCHEDULE_28487 = "{'28487': {kind: default_schedule, device_id: 1234}}"
+
+
 def sensaphone_env(sim: SensaphoneSimulator, **env: str) -> dict[str, str]:
-    """Settings (as `bridge_at` takes them) for a bridge on `sim`'s demo account, with schedule
-    28487 configured on device 1234; `env` overrides any."""
-    base = {
+    """Settings (as `bridge_at` takes them) for a bridge on `sim`'s demo account; `env` adds
+    to or overrides them."""
+    account = {
         "sensaphone_url": sim.url,
         "sensaphone_allow_insecure": "true",  # the simulator, over plain HTTP
         "sensaphone_user": "demo",
         "sensaphone_password": "demo-password",
-        "sensaphone_schedules": "{'28487': {kind: default_schedule, device_id: 1234}}",
-        "sensaphone_deadline": "5",
     }
-    return base | env
+    return account | env

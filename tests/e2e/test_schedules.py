@@ -14,7 +14,7 @@ import pytest
 from bridge.app import Bridge
 from bridge.dev.mosquitto import Mosquitto
 from bridge.sim.sensaphone.server import SensaphoneSimulator
-from tests.e2e.conftest import sensaphone_env
+from tests.e2e.conftest import SCHEDULE_28487, sensaphone_env
 from tests.support import Peer, http_get
 
 pytestmark = pytest.mark.broker
@@ -40,7 +40,12 @@ def schedule_bridge(
     mode: str,
 ) -> Callable[..., AbstractAsyncContextManager[Bridge]]:
     def make(**env: str) -> AbstractAsyncContextManager[Bridge]:
-        return bridge_at(**sensaphone_env(sensaphone, sensaphone_mode=mode, **env))
+        settings = {
+            "sensaphone_mode": mode,
+            "sensaphone_schedules": SCHEDULE_28487,
+            "sensaphone_deadline": "5",
+        }
+        return bridge_at(**sensaphone_env(sensaphone, **settings | env))
 
     return make
 

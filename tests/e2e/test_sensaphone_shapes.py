@@ -15,7 +15,7 @@ import pytest
 from bridge.app import Bridge
 from bridge.sim.sensaphone.server import SensaphoneSimulator
 from tests.adapter.test_sensaphone_shapes import EXTRA, other, padded
-from tests.e2e.conftest import sensaphone_env
+from tests.e2e.conftest import SCHEDULE_28487, sensaphone_env
 from tests.support import Peer, http_get
 
 pytestmark = pytest.mark.broker
@@ -39,7 +39,8 @@ def schedule_bridge(
     bridge_at: Callable[..., AbstractAsyncContextManager[Bridge]], sensaphone: SensaphoneSimulator
 ) -> Callable[..., AbstractAsyncContextManager[Bridge]]:
     def make(**env: str) -> AbstractAsyncContextManager[Bridge]:
-        return bridge_at(**sensaphone_env(sensaphone, **env))
+        settings = {"sensaphone_schedules": SCHEDULE_28487, "sensaphone_deadline": "5"}
+        return bridge_at(**sensaphone_env(sensaphone, **settings | env))
 
     return make
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from bridge.app import Bridge
 from bridge.dev.mosquitto import Mosquitto
 from bridge.sim.sensaphone.server import SensaphoneSimulator
+from tests.e2e.conftest import SCHEDULE_28487, sensaphone_env
 from tests.faults.tools import DurableClient, Ledger, properties, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
@@ -151,15 +152,12 @@ async def test_fuzzed_commands_each_get_one_answer(
     subscriptions = [REPLY, "pager/+/action/result", "schedule/+/timerange/result"]
     client = DurableClient(broker.port, "faults-fuzz", subscriptions=subscriptions)
     client.on_message = on_message
-    env = {
-        "sensaphone_url": sensaphone.url,
-        "sensaphone_allow_insecure": "true",  # the simulator, over plain HTTP
-        "sensaphone_user": "demo",
-        "sensaphone_password": "demo-password",
-        "sensaphone_schedules": "{'28487': {kind: default_schedule, device_id: 1234}}",
-        "pager_timeout": "2",
-        "mqtt_response_topics": REPLY,
-    }
+    env = sensaphone_env(
+        sensaphone,
+        sensaphone_schedules=SCHEDULE_28487,
+        pager_timeout="2",
+        mqtt_response_topics=REPLY,
+    )
     async with client, bridge_at(**env):
         started = time.monotonic()
         await asyncio.gather(

@@ -13,6 +13,7 @@ import pytest
 from bridge.app import Bridge
 from bridge.dev.mosquitto import Mosquitto
 from bridge.sim.sensaphone.server import SensaphoneSimulator
+from tests.e2e.conftest import sensaphone_env
 from tests.faults.tools import DurableClient, Ledger, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
@@ -41,14 +42,7 @@ async def test_every_schedule_command_answered_and_no_create_twice(
     ledger = Ledger()
     client = DurableClient(broker.port, "faults-sensaphone", subscriptions=["schedule/#"])
     client.on_message = ledger.on_message
-    env = {
-        "sensaphone_url": sensaphone.url,
-        "sensaphone_allow_insecure": "true",  # the simulator, over plain HTTP
-        "sensaphone_user": "demo",
-        "sensaphone_password": "demo-password",
-        "sensaphone_timeout": "3",
-        "sensaphone_deadline": "10",
-    }
+    env = sensaphone_env(sensaphone, sensaphone_timeout="3", sensaphone_deadline="10")
     kinds: dict[str, str] = {}
     async with client, bridge_at(**env):
 
